@@ -1,0 +1,140 @@
+"""Command line: the `prompt optimization` argument group of `lm_eval run`, and `lm-eval-promptopt`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import PromptOptError
+
+PLUGIN_KEYS = ("optimize", "optimize_args")
+
+
+def task_configs_dir() -> Path:
+    """Our task YAMLs (FOLIO, ...): inside the installed package, or beside it in a checkout."""
+    installed = Path(__file__).resolve().parent / "task_configs"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "task_configs"
+
+
+def add_argument_group(parser: argparse.ArgumentParser) -> None:
+    """Add our flags to lm-eval's `run` parser."""
+    from .optimizers import available_optimizers
+
+    group = parser.add_argument_group(
+        "prompt optimization",
+        description=textwrap.dedent(
+            """\
+            Added by lm_eval_promptopt. With --optimize, each leaf task's docs are split into
+            optimize-train / optimize-dev / held-out; the optimizer searches an instruction on
+            train/dev, and lm-eval then evaluates only the held-out docs, each task with its own
+            instruction in the system-instruction slot. Without --optimize nothing changes."""
+        ),
+    )
+    group.add_argument(
+        "--optimize",
+        default=None,
+        metavar="<optimizer>",
+        help=f"Prompt optimizer to run before evaluation: {', '.join(available_optimizers())}.",
+    )
+    group.add_argument(
+        "--optimize_args",
+        default=None,
+        metavar="<k=v,...>",
+        help=textwrap.dedent(
+            """\
+            Settings as k=v,... or a JSON object; quote values with commas. For every optimizer:
+            seed (split and search seed, default 0), train_size / dev_size (per task; default by
+            task family, see README), instruction (initial instruction), compare_baseline=true
+            (also evaluate held-out with the initial instruction and print the difference),
+            metric=metric,filter (objective; default: what the task's group aggregates).
+            Optimizer settings: candidates takes file=PATH or candidates='A|B|C'."""
+        ),
+    )
+
+
+def _error(message: str) -> None:
+    print(f"lm_eval: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+@contextlib.contextmanager
+def _simple_evaluate_replaced(replacement: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """Let lm-eval's own `Run._execute` call `replacement` where it calls `simple_evaluate`."""
+    import lm_eval
+    import lm_eval.evaluator
+
+    stock = lm_eval.evaluator.simple_evaluate
+    lm_eval.simple_evaluate = replacement
+    try:
+        yield stock
+    finally:
+        del lm_eval.simple_evaluate  # lm_eval resolves it lazily again
+
+
+def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespace], None]) -> None:
+    """`lm_eval run`: stock behaviour without --optimize, optimize-then-evaluate with it."""
+    plugin = {key: vars(args).pop(key, None) for key in PLUGIN_KEYS}
+    if plugin["optimize"] is None:
+        if plugin["optimize_args"]:
+            _error("--optimize_args needs --optimize NAME")
+        stock_execute(args)
+        return
+    from .optimizers import get_optimizer
+    from .options import parse_optimize_args
+    from .pipeline import OptimizeRun
+
+    try:
+        optimizer_cls = get_optimizer(plugin["optimize"])
+        options, config = parse_optimize_args(plugin["optimize_args"], optimizer_cls.name, optimizer_cls.config_class)
+        if getattr(args, "samples", None):
+            raise PromptOptError("--samples cannot be combined with --optimize: the plugin selects the held-out docs (use --limit to cap them)")
+        if getattr(args, "cache_requests", None):
+            raise PromptOptError("--cache_requests cannot be combined with --optimize: lm-eval's request cache ignores which docs are selected (lm-eval PR #4105)")
+        include = [str(task_configs_dir())]
+        if getattr(args, "include_path", None):
+            include.append(args.include_path)
+        args.include_path = include
+        run = OptimizeRun(optimizer_cls, config, options)
+        with _simple_evaluate_replaced(lambda **kw: run.simple_evaluate(stock, **kw)) as stock:
+            try:
+                stock_execute(args)
+            except ValueError as err:
+                if str(err).startswith("Tasks not found"):
+                    raise PromptOptError(f"{err} (list tasks with `lm_eval ls tasks`; add task folders with --include_path)") from None
+                raise
+    except PromptOptError as err:
+        _error(str(err))
+    print(run.summary())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`lm-eval-promptopt`: the companion command group."""
+    import click
+
+    @click.group(help="Optimize-then-evaluate prompt optimization for lm-evaluation-harness.")
+    @click.version_option(package_name="lm_eval_promptopt")
+    def group() -> None:
+        pass
+
+    @group.command(
+        "run",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+        add_help_option=False,
+        help="`lm_eval run` with the prompt optimization flags: takes every lm-eval flag (see `run --help`).",
+    )
+    @click.argument("lm_eval_args", nargs=-1, type=click.UNPROCESSED)
+    def run(lm_eval_args: tuple[str, ...]) -> None:
+        from . import hook
+
+        hook.require_compatible()
+        sys.argv = ["lm-eval", "run", *lm_eval_args]
+        from lm_eval.__main__ import cli_evaluate
+
+        cli_evaluate()
+
+    group.main(args=argv, prog_name="lm-eval-promptopt")

@@ -1,0 +1,105 @@
+"""The optimizer seam: the `Problem` an optimizer receives, its result, and the registry."""
+
+from __future__ import annotations
+
+import abc
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from ..errors import PromptOptError
+
+if TYPE_CHECKING:
+    from ..objective import Objective
+    from ..prompting import Rendered
+    from ..splits import SplitPlan
+
+Split = Literal["train", "dev"]
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """For optimizers without hyperparameters."""
+
+
+@dataclass
+class Problem:
+    """One leaf task to optimize: its docs, the harness-backed objective, and the model."""
+
+    task_name: str
+    lm: Any
+    plan: SplitPlan
+    objective: Objective
+    initial_instruction: str
+    seed: int
+
+    def score(self, instruction: str, split: Split = "dev") -> float:
+        """The task's primary metric for `instruction` on `split`, through lm-eval (memoized)."""
+        return self.objective.score(instruction, split)
+
+    def docs(self, split: Split) -> list[dict]:
+        return self.objective.docs(split)
+
+    def render(self, doc: dict, instruction: str) -> Rendered:
+        """The exact prompt lm-eval sends for `doc`, with the instruction's character span."""
+        return self.objective.render(doc, instruction)
+
+    def target(self, doc: dict) -> str:
+        return self.objective.target(doc)
+
+
+@dataclass
+class OptimizationResult:
+    instruction: str
+    stop_reason: str = "completed"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Optimizer(abc.ABC):
+    """Searches an instruction for one `Problem`; touches no CLI, file or lm-eval internals."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type] = NoConfig
+    default_instruction: ClassVar[str] = ""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def optimize(self, problem: Problem) -> OptimizationResult: ...
+
+
+_REGISTRY: dict[str, type[Optimizer]] = {}
+ENTRY_POINT_GROUP = "lm_eval_promptopt.optimizers"
+
+
+def register_optimizer(name: str) -> Callable[[type[Optimizer]], type[Optimizer]]:
+    def decorate(cls: type[Optimizer]) -> type[Optimizer]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"optimizer {name!r} is already registered by {_REGISTRY[name].__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _load_plugins() -> None:
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name not in _REGISTRY:
+            entry.load()
+
+
+def available_optimizers() -> list[str]:
+    from . import simple  # noqa: F401  (registers the built-in optimizers)
+
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get_optimizer(name: str) -> type[Optimizer]:
+    names = available_optimizers()
+    if name not in _REGISTRY:
+        raise PromptOptError(f"--optimize: unknown optimizer {name!r}; available: {', '.join(names)}")
+    return _REGISTRY[name]

@@ -1,0 +1,140 @@
+"""`--optimize_args`: parsing `k=v,...` and validating it into typed dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PromptOptError
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of the optimize-then-evaluate stage itself, shared by every optimizer."""
+
+    seed: int = 0
+    """Seeds the split plan and the optimizer."""
+    train_size: int | None = None
+    """Optimize-train docs per task (default: the task family's rule)."""
+    dev_size: int | None = None
+    """Optimize-dev docs per task (default: the task family's rule)."""
+    instruction: str | None = None
+    """Initial instruction (default: the optimizer's own, e.g. empty for `none`)."""
+    compare_baseline: bool = False
+    """Also evaluate the held-out docs with the initial instruction and print the difference."""
+    metric: str | None = None
+    """Objective as `metric,filter` (default: the metric the task's group aggregates)."""
+
+    def __post_init__(self) -> None:
+        if self.train_size is not None and self.train_size < 0:
+            raise ValueError(f"train_size must be 0 or more, got {self.train_size}")
+        if self.dev_size is not None and self.dev_size < 1:
+            raise ValueError(f"dev_size must be at least 1, got {self.dev_size}")
+        if self.metric is not None and "," not in self.metric:
+            raise ValueError(f"metric must read `metric,filter` (e.g. exact_match,flexible-extract), got {self.metric!r}")
+
+
+def split_pairs(text: str) -> dict[str, str]:
+    """Parse `k=v,k2="a, b"` (quotes protect commas) or a JSON object into a dict of strings."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PromptOptError(f"--optimize_args is not valid JSON: {err}") from None
+        return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in loaded.items()}
+    parts, current, quote = [], [], None
+    for char in text:
+        if quote:
+            if char == quote:
+                quote = None
+            current.append(char)
+        elif char in "\"'" and (not current or current[-1] == "="):
+            quote = char
+            current.append(char)
+        elif char == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if quote:
+        raise PromptOptError(f"--optimize_args has an unclosed {quote} quote: {text!r}")
+    parts.append("".join(current))
+    pairs: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise PromptOptError(
+                f"--optimize_args: {part!r} is not of the form key=value "
+                "(write e.g. --optimize_args steps=10,seed=1; quote values that contain commas)"
+            )
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        if key in pairs:
+            raise PromptOptError(f"--optimize_args: {key!r} is given twice")
+        pairs[key] = value
+    return pairs
+
+
+def _coerce(name: str, raw: Any, annotation: Any) -> Any:
+    """Convert one string value to the field's type, or raise a message naming the key."""
+    if not isinstance(raw, str):
+        return raw
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if type(None) in args and raw.lower() in ("none", "null", ""):
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    try:
+        if annotation is bool:
+            lowered = raw.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            return int(raw)
+        if annotation is float:
+            return float(raw)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}[annotation]
+        raise PromptOptError(f"--optimize_args: {name}={raw!r} must be {kind}") from None
+    return raw
+
+
+def build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate dataclass `cls` from parsed values, naming `where` in every error."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise PromptOptError(f"--optimize_args ({where}): {err}") from None
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def parse_optimize_args(text: str | None, optimizer_name: str, config_class: type) -> tuple[RunOptions, Any]:
+    """Split `--optimize_args` between the run options and the optimizer's own config."""
+    pairs = split_pairs(text or "")
+    run_keys, opt_keys = set(field_names(RunOptions)), set(field_names(config_class))
+    unknown = sorted(set(pairs) - run_keys - opt_keys)
+    if unknown:
+        raise PromptOptError(
+            f"--optimize_args: unknown key(s) {', '.join(unknown)} for optimizer {optimizer_name!r}; "
+            f"valid keys: {', '.join(sorted(run_keys | opt_keys))}"
+        )
+    options = build(RunOptions, {k: v for k, v in pairs.items() if k in run_keys}, "run options")
+    config = build(config_class, {k: v for k, v in pairs.items() if k in opt_keys}, optimizer_name)
+    return options, config

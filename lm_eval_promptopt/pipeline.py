@@ -1,0 +1,276 @@
+"""The optimize-then-evaluate stage: search an instruction per leaf task, then evaluate held-out.
+
+`OptimizeRun.simple_evaluate` stands in for `lm_eval.simple_evaluate` during one `lm_eval run`
+(see `cli.py`): it receives exactly the arguments lm-eval's CLI built, loads the model once,
+optimizes every leaf task, then calls the real `simple_evaluate` on the held-out docs with each
+task bound to its own instruction, and adds a `prompt_optimization` section to the results that
+lm-eval's tracker then saves and prints as usual.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import __version__
+from .errors import PromptOptError
+from .objective import Objective, TaskSplits, primary_metric, quiet_harness
+from .optimizers.base import Optimizer, Problem
+from .options import RunOptions
+from .prompting import Placement, bind_instruction, detect_placement
+from .report import SCHEMA_VERSION, Trajectory, comparison_rows, format_table, write_json
+from .splits import plan_splits
+
+
+@dataclass
+class TaskOutcome:
+    task: str
+    metric: str
+    placement: str
+    plan: dict[str, Any]
+    initial_instruction: str
+    final_instruction: str
+    initial_dev_score: float
+    final_dev_score: float
+    stop_reason: str
+    evaluations: int
+    wall_time_s: float
+    trajectory_file: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def build_lm(kw: dict[str, Any]) -> Any:
+    """Build the model the way `simple_evaluate` does, once, for the search and the evaluation."""
+    import lm_eval.api.model
+    import lm_eval.api.registry
+
+    model = kw["model"]
+    if not isinstance(model, str):
+        return model
+    extra = {"batch_size": kw.get("batch_size"), "max_batch_size": kw.get("max_batch_size"), "device": kw.get("device")}
+    factory = lm_eval.api.registry.get_model(model)
+    args = kw.get("model_args") or ""
+    lm = factory.create_from_arg_obj(args, extra) if isinstance(args, dict) else factory.create_from_arg_string(args, extra)
+    if kw.get("use_cache"):
+        lm = lm_eval.api.model.CachingLM(lm, f"{kw['use_cache']}_rank{lm.rank}.db")
+    return lm
+
+
+def apply_task_overrides(tasks: dict[str, Any], kw: dict[str, Any]) -> None:
+    """Per-task settings exactly as `simple_evaluate` applies them (bare `evaluate()` does not)."""
+    gen_kwargs, num_fewshot = kw.get("gen_kwargs"), kw.get("num_fewshot")
+    if isinstance(gen_kwargs, str):
+        from lm_eval.utils import simple_parse_args_string
+
+        gen_kwargs = simple_parse_args_string(gen_kwargs) or None
+    for task in tasks.values():
+        if gen_kwargs and task.get_config("output_type") == "generate_until":
+            task.set_config(key="generation_kwargs", value=gen_kwargs, update=True)
+        if num_fewshot is not None and task.get_config("num_fewshot") != 0:
+            task.set_config(key="num_fewshot", value=num_fewshot)
+        elif task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=kw.get("fewshot_random_seed"))
+
+
+def root_items(loaded: dict[str, Any]) -> list[Any]:
+    """The top-level groups and tasks of a `TaskManager.load()` result, to load them again."""
+    children = {c for group in loaded["groups"].values() for c in group.child_names}
+    roots = [g for name, g in loaded["groups"].items() if name not in children]
+    return roots + [t for name, t in loaded["tasks"].items() if name not in children]
+
+
+def default_run_dir(kw: dict[str, Any]) -> Path:
+    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
+    from lm_eval.utils import sanitize_model_name
+
+    tracker = kw.get("evaluation_tracker")
+    output = Path(tracker.output_path) if tracker is not None and tracker.output_path else Path("lm_eval_promptopt_runs")
+    if output.suffix == ".json":
+        output = output.parent
+    model_name = GeneralConfigTracker._get_model_name(kw.get("model_args")) or str(kw.get("model"))
+    stamp = datetime.datetime.now().isoformat(timespec="seconds").replace(":", "-")
+    return output / sanitize_model_name(model_name) / f"prompt_optimization_{stamp}"
+
+
+@dataclass
+class OptimizeRun:
+    """One `lm_eval ... --optimize NAME` invocation: its settings and, once run, its outcome."""
+
+    optimizer_cls: type[Optimizer]
+    config: Any
+    options: RunOptions
+    outcomes: list[TaskOutcome] = field(default_factory=list)
+    comparison: list[dict[str, Any]] | None = None
+    run_dir: Path | None = None
+
+    def initial_instruction(self, kw: dict[str, Any]) -> str:
+        if self.options.instruction is not None:
+            return self.options.instruction
+        if kw.get("system_instruction"):
+            return kw["system_instruction"]
+        return self.optimizer_cls.default_instruction
+
+    def simple_evaluate(self, stock: Callable[..., Any], **kw: Any) -> dict[str, Any] | None:
+        """Drop-in for `lm_eval.simple_evaluate`: optimize, then evaluate held-out docs."""
+        if kw.get("predict_only"):
+            raise PromptOptError("--predict_only computes no metric, so there is nothing to optimize; drop one of them")
+        for seed, setter in zip(
+            (kw.get("random_seed"), kw.get("numpy_random_seed"), kw.get("torch_random_seed")),
+            (random.seed, _numpy_seed, _torch_seed),
+        ):
+            if seed is not None:
+                setter(seed)
+        initial = self.initial_instruction(kw)
+        self.run_dir = default_run_dir(kw)
+        lm = build_lm(kw)
+        task_manager = kw["task_manager"]
+        loaded = task_manager.load(kw["tasks"])
+        apply_task_overrides(loaded["tasks"], kw)
+        placement = detect_placement(lm, kw.get("apply_chat_template", False))
+        eval_kwargs = {
+            "apply_chat_template": kw.get("apply_chat_template", False),
+            "fewshot_as_multiturn": kw.get("fewshot_as_multiturn", False),
+            "confirm_run_unsafe_code": kw.get("confirm_run_unsafe_code", False),
+        }
+        heldout: dict[str, list[int]] = {}
+        metrics: dict[str, str] = {}
+        bar = tqdm(loaded["tasks"].items(), desc=f"optimize ({self.optimizer_cls.name})", unit="task")
+        for name, task in bar:
+            bar.set_postfix_str(name)
+            outcome, plan_heldout = self._optimize_task(name, task, lm, loaded, placement, initial, kw, eval_kwargs)
+            self.outcomes.append(outcome)
+            metrics[name] = outcome.metric
+            heldout[name] = plan_heldout
+        bar.close()
+
+        limit = kw.get("limit")
+        samples = {name: _limited(indices, limit) for name, indices in heldout.items()}
+        for group_name, group in loaded["groups"].items():
+            if group.aggregate_metric_list:
+                agg = group.aggregate_metric_list[0]
+                filters = agg.filter_list if isinstance(agg.filter_list, list) else [agg.filter_list]
+                metrics[group_name] = f"{agg.metric},{filters[0]}"
+
+        baseline = None
+        if self.options.compare_baseline:
+            for outcome in self.outcomes:
+                bind_instruction(loaded["tasks"][outcome.task], outcome.initial_instruction, placement)
+            apply_task_overrides(loaded["tasks"], kw)
+            from lm_eval.evaluator import evaluate
+
+            with quiet_harness():
+                baseline = evaluate(lm=lm, task_dict=loaded, samples=samples, bootstrap_iters=0, log_samples=False, **eval_kwargs)
+        for outcome in self.outcomes:
+            bind_instruction(loaded["tasks"][outcome.task], outcome.final_instruction, placement)
+
+        final_kw = dict(kw, model=lm, tasks=root_items(loaded), samples=samples, limit=None, system_instruction=None, use_cache=None)
+        results = stock(**final_kw)
+        if results is None:  # not the main process
+            return None
+        if isinstance(kw["model"], str):  # name the model as a stock run does, not the LM class
+            results["config"]["model"] = kw["model"]
+        if baseline is not None:
+            self.comparison = comparison_rows(baseline, results, metrics)
+        results["prompt_optimization"] = self.section()
+        self._write_outputs()
+        return results
+
+    def _optimize_task(self, name, task, lm, loaded, placement: Placement, initial, kw, eval_kwargs):
+        start = time.perf_counter()
+        splits = TaskSplits(task)
+        fewshot_seed = kw.get("fewshot_random_seed")
+        plan = plan_splits(
+            name,
+            task.config,
+            self.options,
+            splits.size,
+            lambda split: splits.fewshot_exemplars(split, fewshot_seed) if split == task.fewshot_cfg.split else set(),
+        )
+        metric = self.options.metric or primary_metric(name, task, loaded["groups"])
+        trajectory = Trajectory(self.run_dir / "trajectories" / f"{name}.jsonl")
+        objective = Objective(
+            task_name=name,
+            splits=splits,
+            plan=plan,
+            lm=lm,
+            placement=placement,
+            metric=metric,
+            fewshot_seed=fewshot_seed,
+            eval_kwargs=eval_kwargs,
+            on_score=trajectory.append,
+        )
+        problem = Problem(name, lm, plan, objective, initial, self.options.seed)
+        initial_score = problem.score(initial, "dev")
+        result = self.optimizer_cls(self.config).optimize(problem)
+        outcome = TaskOutcome(
+            task=name,
+            metric=metric,
+            placement=placement.name,
+            plan=plan.as_dict(),
+            initial_instruction=initial,
+            final_instruction=result.instruction,
+            initial_dev_score=initial_score,
+            final_dev_score=problem.score(result.instruction, "dev"),
+            stop_reason=result.stop_reason,
+            evaluations=objective.evaluations,
+            wall_time_s=round(time.perf_counter() - start, 3),
+            trajectory_file=str(trajectory.path),
+            details=result.details,
+        )
+        return outcome, list(plan.heldout.indices)
+
+    def section(self) -> dict[str, Any]:
+        """The `prompt_optimization` section of the results JSON."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "plugin_version": __version__,
+            "optimizer": self.optimizer_cls.name,
+            "optimizer_config": asdict(self.config),
+            "options": asdict(self.options),
+            "run_dir": str(self.run_dir),
+            "tasks": {o.task: asdict(o) for o in self.outcomes},
+            **({"baseline_vs_optimized": self.comparison} if self.comparison is not None else {}),
+        }
+
+    def _write_outputs(self) -> None:
+        write_json(self.run_dir / "optimized_prompts.json", {o.task: o.final_instruction for o in self.outcomes})
+        write_json(self.run_dir / "prompt_optimization.json", self.section())
+        if self.comparison is not None:
+            (self.run_dir / "baseline_vs_optimized.md").write_text(format_table(self.comparison) + "\n", encoding="utf-8")
+
+    def summary(self) -> str:
+        """What to print after lm-eval's own tables."""
+        lines = []
+        if self.comparison is not None:
+            lines += ["Held-out: baseline (initial instruction) vs optimized", format_table(self.comparison), ""]
+        for o in self.outcomes:
+            lines.append(f"{o.task}: dev {o.initial_dev_score:.4f} -> {o.final_dev_score:.4f}  instruction: {o.final_instruction!r}")
+        lines.append(f"prompt optimization outputs: {self.run_dir} (prompt_optimization.json, optimized_prompts.json, trajectories/)")
+        return "\n".join(lines)
+
+
+def _limited(indices: list[int], limit: int | float | None) -> list[int]:
+    if limit is None:
+        return indices
+    count = int(limit * len(indices)) if limit < 1 else int(limit)
+    return indices[: max(count, 1)]
+
+
+def _numpy_seed(seed: int) -> None:
+    import numpy as np
+
+    np.random.seed(seed)
+
+
+def _torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
