@@ -52,7 +52,10 @@ class TaskSplits:
     def docs(self, split: str) -> list[dict]:
         return list(self.task_for(split).eval_docs)
 
-    def size(self, split: str) -> int:
+    def size(self, split: str) -> int | None:
+        """Docs in `split`, or None if the dataset has no such split."""
+        if split not in self._copies and split not in self.task.dataset:
+            return None
         return len(self.task_for(split).eval_docs)
 
     def fewshot_exemplars(self, split: str, fewshot_seed: int | None) -> set[int]:

@@ -80,79 +80,94 @@ def _draw(pool: list[int], train: int, dev: int, rng: random.Random) -> tuple[tu
     return tuple(sorted(order[:train])), tuple(sorted(order[train : train + dev]))
 
 
+def optimize_sources(family: str, config: Any, evaluated: str, has_split: Callable[[str], bool]) -> tuple[str, str] | None:
+    """(train source, dev source) splits, or None for an internal split of the evaluated split."""
+    if family == "bbh":
+        return None
+    if family == "mmlu":
+        # validation is the optimize source and `dev` the few-shot pool; variants that evaluate
+        # validation optimize on the few-shot split instead (they are zero-shot).
+        source = (config.fewshot_split or "dev") if evaluated == "validation" else "validation"
+        return (source, source) if has_split(source) else None
+    usable = [s for s in (config.training_split, config.validation_split) if s and s != evaluated and has_split(s)]
+    if family in ("gsm8k", "folio"):
+        usable = usable[:1] if config.training_split in usable else []
+    if not usable:
+        return None
+    return usable[0], usable[-1]
+
+
+def _sizes(options: RunOptions, defaults: tuple[int, int], budget: int, what: str, task_name: str) -> tuple[int, int, str]:
+    """Explicit sizes must fit `budget`; default sizes are scaled down to fit it."""
+    if options.train_size is None and options.dev_size is None:
+        train, dev = scaled_sizes(*defaults, budget)
+        scaled = (train, dev) != defaults
+        return train, dev, f"default {defaults[0]}/{defaults[1]}" + (", scaled down to fit" if scaled else "")
+    train = options.train_size if options.train_size is not None else defaults[0]
+    dev = options.dev_size if options.dev_size is not None else defaults[1]
+    if train + dev > budget:
+        raise PromptOptError(
+            f"{task_name}: train_size {train} + dev_size {dev} is more than the {budget} docs {what}; choose smaller sizes"
+        )
+    return train, dev, "sizes from --optimize_args"
+
+
 def plan_splits(
     task_name: str,
     config: Any,
     options: RunOptions,
-    split_size: Callable[[str], int],
+    split_size: Callable[[str], int | None],
     fewshot_exemplars: Callable[[str], set[int]],
 ) -> SplitPlan:
     """Choose the optimize-train / dev / held-out docs for one leaf task.
 
-    `split_size(name)` counts a split's docs; `fewshot_exemplars(name)` gives the indices of that
-    split's docs that serve as few-shot exemplars when the held-out docs are evaluated.
+    `split_size(name)` counts a split's docs (None: no such split); `fewshot_exemplars(name)`
+    gives the indices of that split's docs shown as few-shot exemplars to the held-out docs.
     """
     family = task_family(task_name, getattr(config, "dataset_path", None))
     evaluated = evaluated_split(config)
-    default_train, default_dev = _DEFAULT_SIZES[family]
+    defaults = _DEFAULT_SIZES[family]
     rng = random.Random(f"{options.seed}:{task_name}")
+    sources = optimize_sources(family, config, evaluated, lambda s: bool(split_size(s)))
 
-    source = None
-    if family == "mmlu":
-        # validation is the optimize source; `dev` is the few-shot pool. Variants that evaluate
-        # validation optimize on `dev` instead (zero-shot variants never show it as exemplars).
-        if evaluated == config.validation_split:
-            source = config.fewshot_split or "dev"
-        else:
-            source = config.validation_split
-    elif family in ("gsm8k", "folio", "other") and config.training_split and config.training_split != evaluated:
-        source = config.training_split
-    elif family == "other" and config.validation_split and config.validation_split != evaluated:
-        source = config.validation_split
-
-    if source is None:  # internal split of the evaluated split (BBH, test-only tasks)
-        n = split_size(evaluated)
-        if options.train_size is not None or options.dev_size is not None:
-            train = options.train_size if options.train_size is not None else default_train
-            dev = options.dev_size if options.dev_size is not None else default_dev
-            if train + dev >= n:
-                raise PromptOptError(
-                    f"{task_name}: train_size {train} + dev_size {dev} leaves no held-out docs "
-                    f"of its {n} {evaluated!r} docs; choose smaller sizes"
-                )
-        else:
-            train, dev = scaled_sizes(default_train, default_dev, n - math.ceil(n / 3))
+    if sources is None:  # internal split of the evaluated split (BBH, test-only tasks)
+        n = split_size(evaluated) or 0
+        explicit = options.train_size is not None or options.dev_size is not None
+        budget = n - 1 if explicit else n - math.ceil(n / 3)
+        train, dev, how = _sizes(options, defaults, budget, f"of {evaluated!r} that leave held-out docs", task_name)
         train_idx, dev_idx = _draw(list(range(n)), train, dev, rng)
         used = set(train_idx) | set(dev_idx)
         heldout = Subset(evaluated, tuple(i for i in range(n) if i not in used))
         rule = (
             f"seeded internal split of {evaluated!r} ({n} docs): {train} train / {dev} dev / "
-            f"{len(heldout.indices)} held-out; default {default_train}/{default_dev}, scaled down "
-            "proportionally where held-out would keep less than a third"
+            f"{len(heldout.indices)} held-out ({how}; defaults shrink so held-out keeps at least a third)"
         )
         plan = SplitPlan(family, rule, Subset(evaluated, train_idx), Subset(evaluated, dev_idx), heldout, False)
     else:
-        n = split_size(source)
-        excluded = fewshot_exemplars(source)
-        pool = [i for i in range(n) if i not in excluded]
-        if options.train_size is not None or options.dev_size is not None:
-            train = options.train_size if options.train_size is not None else default_train
-            dev = options.dev_size if options.dev_size is not None else default_dev
-            if train + dev > len(pool):
-                raise PromptOptError(
-                    f"{task_name}: train_size {train} + dev_size {dev} exceeds the {len(pool)} usable "
-                    f"docs of split {source!r}; choose smaller sizes"
-                )
+        train_src, dev_src = sources
+        pools = {}
+        for source in dict.fromkeys(sources):
+            excluded = fewshot_exemplars(source)
+            pools[source] = ([i for i in range(split_size(source) or 0) if i not in excluded], len(excluded))
+        if train_src == dev_src:
+            pool, _ = pools[train_src]
+            train, dev, how = _sizes(options, defaults, len(pool), f"usable in {train_src!r}", task_name)
+            train_idx, dev_idx = _draw(pool, train, dev, rng)
         else:
-            train, dev = scaled_sizes(default_train, default_dev, len(pool))
-        train_idx, dev_idx = _draw(pool, train, dev, rng)
-        heldout = Subset(evaluated, tuple(range(split_size(evaluated))))
+            (train_pool, _), (dev_pool, _) = pools[train_src], pools[dev_src]
+            train = min(options.train_size if options.train_size is not None else defaults[0], len(train_pool))
+            dev = min(options.dev_size if options.dev_size is not None else defaults[1], len(dev_pool))
+            how = "sizes capped by the splits"
+            train_idx, _ = _draw(train_pool, train, 0, rng)
+            dev_idx, _ = _draw(dev_pool, dev, 0, rng)
+        heldout = Subset(evaluated, tuple(range(split_size(evaluated) or 0)))
+        excluded = "; ".join(f"{n} few-shot exemplars of {s!r} excluded" for s, (_, n) in pools.items() if n)
         rule = (
-            f"seeded {train} train / {dev} dev from {source!r} ({n} docs"
-            + (f", {len(excluded)} few-shot exemplars excluded" if excluded else "")
+            f"seeded {train} train from {train_src!r} / {dev} dev from {dev_src!r} ({how}"
+            + (f"; {excluded}" if excluded else "")
             + f"); held-out: all of {evaluated!r}"
         )
-        plan = SplitPlan(family, rule, Subset(source, train_idx), Subset(source, dev_idx), heldout, True)
+        plan = SplitPlan(family, rule, Subset(train_src, train_idx), Subset(dev_src, dev_idx), heldout, True)
     check_disjoint(task_name, plan)
     return plan
 

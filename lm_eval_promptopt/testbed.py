@@ -1,0 +1,238 @@
+"""Offline test bed: a tiny random chat model and local-data overrides of lm-eval tasks.
+
+Nothing here needs network access. ``build_tiny_model`` writes a Hugging Face model directory
+that lm-eval's ``hf`` model type loads on CPU in about a second; ``write_local_task_overrides``
+writes task YAMLs that, passed as ``--include_path``, make lm-eval's own BBH, MMLU and GSM8k
+task definitions read local JSONL files instead of the hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import yaml
+from lm_eval.tasks import TaskManager
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+# ChatML-like: every message is "<|role|>\n{content}<|end|>\n".
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('Unknown role: ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+# Same markers, but rejects system messages the way Gemma-2's template does.
+CHAT_TEMPLATE_NO_SYSTEM = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if message['role'] not in ['user', 'assistant'] %}"
+    "{{ raise_exception('Unknown role: ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+BUILTIN_CORPUS = """\
+Q: Evaluate the result of a random Boolean expression. not ( True ) and ( True ) is
+A: Let's think step by step. Remember that expressions inside brackets are evaluated first.
+So the answer is False. The answer is True. Options: (A) (B) (C) (D) (E) Yes No valid invalid
+Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips
+in May. How many clips did Natalia sell altogether in April and May?
+Answer: Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether. #### 72
+The following are multiple choice questions (with answers) about abstract algebra.
+Find the degree of the given field extension over the rationals. A. 0 B. 4 C. 2 D. 6 Answer: B
+Today is Christmas Eve of 1937. What is the date tomorrow in MM/DD/YYYY? Sort the following words
+alphabetically: List: oven costume counterpart. Complete the rest of the sequence, making sure
+that the parentheses are closed properly: [ { < > } ] ( ). Alice, Bob, and Claire are playing a
+game. At the start of the game, they are each holding a ball. If you follow these instructions,
+do you return to the starting point? Take 1 step. Turn left. Take 2 steps. Is the following
+sentence plausible? The penguins in the table are Louis, Bernard, Vincent and Gwen.
+Premises: All people who regularly drink coffee are dependent on caffeine. Conclusion: True,
+False or Uncertain? You are a helpful assistant. Think carefully and answer the question.
+0 1 2 3 4 5 6 7 8 9 10 100 1000 + - * / = % $ . , ; : ! ? ' " ( ) [ ] { } < >
+"""
+
+# Hub dataset -> (sub-folder of the data dir, file name pattern, the splits the hub dataset has).
+_LOCAL_FILES = {
+    "SaylorTwift/bbh": ("bbh", "{name}.jsonl", ("test",)),
+    "cais/mmlu": ("mmlu", "{name}.{split}.jsonl", ("dev", "validation", "test")),
+    "openai/gsm8k": ("gsm8k", "{split}.jsonl", ("train", "test")),
+}
+OVERRIDDEN = (
+    "bbh_cot_zeroshot",
+    "bbh_zeroshot",
+    "bbh",
+    "bbh_fewshot",
+    "leaderboard_bbh",
+    "mmlu",
+    "mmlu_generative",
+    "mmlu_flan_cot_zeroshot",
+    "gsm8k",
+    "gsm8k_cot",
+    "gsm8k_cot_zeroshot",
+)
+
+
+def _corpus(data_dir: Path | None) -> Iterator[str]:
+    yield BUILTIN_CORPUS
+    if data_dir is None:
+        return
+    for path in sorted(data_dir.glob("*/*.jsonl")):
+        with path.open(encoding="utf-8") as fh:
+            for line, _ in zip(fh, range(20)):
+                yield "\n".join(str(v) for v in json.loads(line).values())
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    system_role: bool = True,
+    data_dir: str | Path | None = None,
+) -> Path:
+    """Build and save a tiny random ``LlamaForCausalLM`` with a byte-level BPE chat tokenizer.
+
+    The tokenizer (vocab up to 2048) is trained on a built-in corpus plus, if given, the first
+    rows of each ``*/*.jsonl`` file under ``data_dir`` (about 2.8 rather than 1.7 characters per
+    token). The context is 8192 tokens so that BBH CoT few-shot prompts (up to ~7k characters)
+    are not truncated. With ``system_role=False`` the chat template raises on system messages,
+    like Gemma-2's. Deterministic for fixed inputs; takes about a second after imports.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus(Path(data_dir) if data_dir else None), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=SPECIAL_TOKENS[4:],
+        model_max_length=8192,
+        chat_template=CHAT_TEMPLATE if system_role else CHAT_TEMPLATE_NO_SYSTEM,
+    )
+    tokenizer.save_pretrained(out)
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=8192,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def _leaf_tasks(name: str, index: dict) -> list[str]:
+    """Names of the leaf tasks under a task, tag or group in lm-eval's task index."""
+    entry = index[name]
+    if entry.kind.name == "TAG":
+        return sorted(entry.tags)
+    if entry.kind.name != "GROUP":
+        return [name]
+    leaves: list[str] = []
+    stack = list(entry.cfg["task"])
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, dict):  # inline subgroup, e.g. mmlu_generative's "stem"
+            stack[:0] = item["task"]
+        else:
+            leaves += _leaf_tasks(item, index)
+    return leaves
+
+
+def write_local_task_overrides(
+    dest_dir: str | Path, data_dir: str | Path, names: tuple[str, ...] = OVERRIDDEN
+) -> Path:
+    """Write ``<task>.yaml`` overrides pointing lm-eval's BBH/MMLU/GSM8k tasks at local files.
+
+    `names` are groups or tasks (default: every BBH, MMLU and GSM8k variant the data serves).
+    Each file ``include:``s lm-eval's own leaf YAML by absolute path (so its relative includes
+    and ``!function`` references still resolve next to the original) and replaces only the
+    dataset source with ``json`` files from ``data_dir``, one per split the hub dataset has. Pass
+    ``dest_dir`` as ``--include_path``: lm-eval's groups (``bbh``, ``mmlu``, ...) then run the
+    overridden leaves, because a later include path overrides same-named index entries.
+    """
+    from lm_eval.tasks import TaskManager
+
+    dest, data = Path(dest_dir), Path(data_dir).resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    index = TaskManager().task_index
+    leaves = [leaf for name in names if name in index for leaf in _leaf_tasks(name, index)]
+    for name in dict.fromkeys(leaves):
+        entry = index[name]
+        cfg = entry.cfg
+        folder, pattern, splits = _LOCAL_FILES[cfg["dataset_path"]]
+        files = {s: data / folder / pattern.format(name=cfg.get("dataset_name"), split=s) for s in splits}
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{name}: missing local data {missing}")
+        override = {
+            "include": str(Path(entry.yaml_path).resolve()),
+            "task": name,
+            # The hub config name (e.g. `boolean_expressions`) is kept: the json builder accepts
+            # it as a mere label, and task code reading `config.dataset_name` sees the same value.
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {s: str(p) for s, p in files.items()}},
+            # Tags are indexed per include path, and a tag registered here would replace the
+            # built-in tag of that name wholesale, losing its members we do not override (e.g.
+            # gsm8k's `math_word_problems`). Without them, built-in tags and groups keep their
+            # member names, which now resolve to these overrides.
+            "tag": [],
+        }
+        (dest / f"{name}.yaml").write_text(yaml.safe_dump(override, sort_keys=False), encoding="utf-8")
+    return dest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``python -m lm_eval_promptopt.testbed {model,tasks} OUT_DIR [--data DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m lm_eval_promptopt.testbed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    model = sub.add_parser("model", help="build the tiny random chat model")
+    model.add_argument("out_dir")
+    model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--no-system-role", action="store_true", help="template rejects system messages")
+    model.add_argument("--data", help="also train the tokenizer on this data dir's */*.jsonl")
+    tasks = sub.add_parser("tasks", help="write local-data task overrides for --include_path")
+    tasks.add_argument("out_dir")
+    tasks.add_argument("--data", required=True, help="local benchmark data dir (bbh/, mmlu/, gsm8k/)")
+    args = parser.parse_args(argv)
+    if args.command == "model":
+        path = build_tiny_model(args.out_dir, args.seed, system_role=not args.no_system_role, data_dir=args.data)
+    else:
+        path = write_local_task_overrides(args.out_dir, args.data)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Shared fixtures: the tiny model, local-data task overrides, and running the real `lm_eval`."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_eval_promptopt.testbed import build_tiny_model, write_local_task_overrides
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(),
+    reason=f"real benchmark data not found at {SHARED_DATA} (check out ../shared beside the repo)",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with a chat template that has a system role."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_no_system(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model with a Gemma-2-style template that rejects the system role."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model_nosys"), seed=0, system_role=False)
+
+
+@pytest.fixture(scope="session")
+def local_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lm-eval's own BBH / MMLU / GSM8k task YAMLs with only the dataset source made local."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real benchmark data not found at {SHARED_DATA} (check out ../shared beside the repo)")
+    return write_local_task_overrides(tmp_path_factory.mktemp("local_tasks"), SHARED_DATA)
+
+
+def lm_eval_command(entry: str = "lm_eval") -> list[str]:
+    """The real console script (next to this interpreter), or one of the test entry scripts."""
+    if entry == "lm_eval":
+        return [str(Path(sys.executable).with_name("lm_eval"))]
+    return [sys.executable, str(TESTS / f"{entry}.py")]
+
+
+def run_lm_eval(args: list[str], entry: str = "lm_eval", check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run lm_eval in a subprocess, offline; on unexpected failure show its output."""
+    proc = subprocess.run(
+        [*lm_eval_command(entry), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **OFFLINE, **env},
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lm_eval exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def load_results(output_path: Path) -> dict:
+    """The results JSON that lm-eval's tracker wrote under `output_path`."""
+    files = sorted(glob.glob(str(output_path / "**" / "results_*.json"), recursive=True))
+    assert len(files) == 1, f"expected one results file under {output_path}, found {files}"
+    return json.loads(Path(files[0]).read_text(encoding="utf-8"))

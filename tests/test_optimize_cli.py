@@ -1,0 +1,141 @@
+"""End to end through the real `lm_eval` entry point, lm-eval's own task definitions and real data.
+
+Most runs use the deterministic stand-in model `oracle` (tests/oracle_model.py): it answers right
+only when the instruction says "Focus on <task key>", so every expected number follows from the data.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval
+
+pytestmark = needs_shared_data
+
+
+def samples_of(output: Path, task: str) -> list[dict]:
+    (path,) = glob.glob(str(output / "**" / f"samples_{task}_*.jsonl"), recursive=True)
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def bbh_run(local_tasks: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
+    """Two BBH subtasks, three candidates each, with the baseline comparison and logged samples."""
+    out = tmp_path_factory.mktemp("bbh_run")
+    proc = run_lm_eval(
+        [
+            "--model", "oracle", "--include_path", str(local_tasks),
+            "--tasks", "bbh_cot_zeroshot_boolean_expressions,bbh_cot_zeroshot_snarks",
+            "--optimize", "candidates",
+            "--optimize_args", "candidates=Be quick.|Focus on boolean_expressions.|Focus on snarks.,compare_baseline=true",
+            "--log_samples", "--output_path", str(out),
+        ],
+        entry="oracle_cli",
+    )
+    return load_results(out), proc.stdout, out
+
+
+def test_each_task_gets_its_own_best_instruction(bbh_run):
+    results, _, _ = bbh_run
+    tasks = results["prompt_optimization"]["tasks"]
+    assert tasks["bbh_cot_zeroshot_boolean_expressions"]["final_instruction"] == "Focus on boolean_expressions."
+    assert tasks["bbh_cot_zeroshot_snarks"]["final_instruction"] == "Focus on snarks."
+    for name, task in tasks.items():
+        assert task["initial_instruction"] == "" and task["initial_dev_score"] == 0.0
+        assert task["final_dev_score"] == 1.0
+        assert results["results"][name]["exact_match,flexible-extract"] == 1.0
+
+
+def test_trajectory_lists_every_candidate_with_its_dev_score(bbh_run):
+    results, _, _ = bbh_run
+    task = results["prompt_optimization"]["tasks"]["bbh_cot_zeroshot_snarks"]
+    lines = Path(task["trajectory_file"]).read_text(encoding="utf-8").splitlines()
+    scored = {json.loads(line)["instruction"]: json.loads(line)["score"] for line in lines}
+    assert scored == {"": 0.0, "Be quick.": 0.0, "Focus on boolean_expressions.": 0.0, "Focus on snarks.": 1.0}
+    assert task["evaluations"] == 4
+
+
+def test_splits_are_recorded_disjoint_and_only_held_out_is_evaluated(bbh_run):
+    results, _, out = bbh_run
+    for name, n, train, dev in [("bbh_cot_zeroshot_boolean_expressions", 250, 50, 100), ("bbh_cot_zeroshot_snarks", 178, 39, 79)]:
+        plan = results["prompt_optimization"]["tasks"][name]["plan"]
+        tr, dv, ho = (set(plan[k]["indices"]) for k in ("train", "dev", "heldout"))
+        assert (len(tr), len(dv), len(ho)) == (train, dev, n - train - dev)
+        assert not (tr & dv or tr & ho or dv & ho) and tr | dv | ho == set(range(n))
+        assert results["n-samples"][name]["effective"] == len(ho)
+        logged = samples_of(out, name)
+        assert {s["doc_id"] for s in logged} == ho
+        instruction = results["prompt_optimization"]["tasks"][name]["final_instruction"]
+        assert all(s["arguments"]["gen_args_0"]["arg_0"].startswith(instruction + "\n\n") for s in logged)
+
+
+def test_baseline_comparison_is_printed_and_saved(bbh_run):
+    results, stdout, _ = bbh_run
+    rows = {r["name"]: r for r in results["prompt_optimization"]["baseline_vs_optimized"]}
+    assert rows["bbh_cot_zeroshot_snarks"] == {
+        "name": "bbh_cot_zeroshot_snarks", "metric": "exact_match,flexible-extract",
+        "baseline": 0.0, "optimized": 1.0, "delta": 1.0,
+    }
+    assert "| bbh_cot_zeroshot_snarks | exact_match,flexible-extract | 0.0000 | 1.0000 | +1.0000 |" in stdout
+    run_dir = Path(results["prompt_optimization"]["run_dir"])
+    assert "+1.0000" in (run_dir / "baseline_vs_optimized.md").read_text(encoding="utf-8")
+    assert json.loads((run_dir / "optimized_prompts.json").read_text(encoding="utf-8")) == {
+        "bbh_cot_zeroshot_boolean_expressions": "Focus on boolean_expressions.",
+        "bbh_cot_zeroshot_snarks": "Focus on snarks.",
+    }
+
+
+def test_mmlu_group_and_gsm8k_splits_and_scores(local_tasks: Path, tmp_path: Path):
+    """MMLU optimizes on validation and aggregates its group; GSM8k avoids its few-shot exemplars."""
+    subjects = ["anatomy", "astronomy", "virology"]
+    candidates = "|".join(f"Focus on {s}." for s in [*subjects, "arithmetic"])
+    run_lm_eval(
+        [
+            "--model", "oracle", "--include_path", str(local_tasks),
+            "--tasks", ",".join(f"mmlu_{s}" for s in subjects) + ",gsm8k",
+            "--optimize", "candidates", "--optimize_args", f"candidates={candidates},compare_baseline=true",
+            "--output_path", str(tmp_path),
+        ],
+        entry="oracle_cli",
+    )
+    results = load_results(tmp_path)
+    tasks = results["prompt_optimization"]["tasks"]
+    for subject in subjects:
+        task = tasks[f"mmlu_{subject}"]
+        assert task["final_instruction"] == f"Focus on {subject}."
+        assert task["plan"]["train"]["split"] == task["plan"]["dev"]["split"] == "validation"
+        assert task["plan"]["heldout"]["split"] == "test" and task["metric"] == "acc,none"
+        assert results["results"][f"mmlu_{subject}"]["acc,none"] == 1.0
+    gsm = tasks["gsm8k"]
+    assert gsm["final_instruction"] == "Focus on arithmetic."
+    assert gsm["plan"]["train"]["split"] == "train" and len(gsm["plan"]["heldout"]["indices"]) == 1319
+    assert "few-shot exemplars of 'train' excluded" in gsm["plan"]["rule"]
+    assert results["results"]["gsm8k"]["exact_match,strict-match"] == 1.0
+    rows = {r["name"]: r for r in results["prompt_optimization"]["baseline_vs_optimized"]}
+    assert rows["gsm8k"]["baseline"] == 0.0 and rows["gsm8k"]["delta"] == 1.0
+
+
+def test_group_aggregation_is_lm_evals(local_tasks: Path, tmp_path: Path):
+    """The `bbh_cot_zeroshot` group score is lm-eval's size-weighted mean of held-out subtask scores."""
+    run_lm_eval(
+        [
+            "--model", "oracle", "--include_path", str(local_tasks), "--tasks", "bbh_cot_zeroshot",
+            "--optimize", "none", "--optimize_args", "instruction=Focus on navigate.,train_size=1,dev_size=2",
+            "--output_path", str(tmp_path),
+        ],
+        entry="oracle_cli",
+    )
+    results = load_results(tmp_path)
+    leaves = results["group_subtasks"]["bbh_cot_zeroshot"]
+    assert len(leaves) == 27 and set(results["prompt_optimization"]["tasks"]) == set(leaves)
+    sizes = {t: results["n-samples"][t]["effective"] for t in leaves}
+    assert all(sizes[t] == results["n-samples"][t]["original"] - 3 for t in leaves)
+    scores = {t: results["results"][t]["exact_match,flexible-extract"] for t in leaves}
+    assert scores["bbh_cot_zeroshot_navigate"] == 1.0
+    expected = sum(scores[t] * sizes[t] for t in leaves) / sum(sizes.values())
+    group = results["groups"]["bbh_cot_zeroshot"]["exact_match,flexible-extract"]
+    assert group == pytest.approx(expected)
