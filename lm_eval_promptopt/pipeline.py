@@ -110,6 +110,7 @@ class OptimizeRun:
     outcomes: list[TaskOutcome] = field(default_factory=list)
     comparison: list[dict[str, Any]] | None = None
     run_dir: Path | None = None
+    seeds: dict[str, int | None] = field(default_factory=dict)
 
     def initial_instruction(self, kw: dict[str, Any]) -> str:
         if self.options.instruction is not None:
@@ -128,6 +129,11 @@ class OptimizeRun:
         ):
             if seed is not None:
                 setter(seed)
+        self.seeds = {
+            "split_and_search": self.options.seed,
+            "random": kw.get("random_seed"),
+            **{name: kw.get(f"{name}_random_seed") for name in ("numpy", "torch", "fewshot")},
+        }
         initial = self.initial_instruction(kw)
         self.run_dir = default_run_dir(kw)
         lm = build_lm(kw)
@@ -192,7 +198,7 @@ class OptimizeRun:
             task.config,
             self.options,
             splits.size,
-            lambda split: splits.fewshot_exemplars(split, fewshot_seed) if split == task.fewshot_cfg.split else set(),
+            lambda split: splits.fewshot_exemplars(split, fewshot_seed),
         )
         metric = self.options.metric or primary_metric(name, task, loaded["groups"])
         trajectory = Trajectory(self.run_dir / "trajectories" / f"{name}.jsonl")
@@ -235,6 +241,7 @@ class OptimizeRun:
             "optimizer": self.optimizer_cls.name,
             "optimizer_config": asdict(self.config),
             "options": asdict(self.options),
+            "seeds": self.seeds,
             "run_dir": str(self.run_dir),
             "tasks": {o.task: asdict(o) for o in self.outcomes},
             **({"baseline_vs_optimized": self.comparison} if self.comparison is not None else {}),

@@ -135,12 +135,15 @@ def plan_splits(
         explicit = options.train_size is not None or options.dev_size is not None
         budget = n - 1 if explicit else n - math.ceil(n / 3)
         train, dev, how = _sizes(options, defaults, budget, f"of {evaluated!r} that leave held-out docs", task_name)
-        train_idx, dev_idx = _draw(list(range(n)), train, dev, rng)
+        excluded = fewshot_exemplars(evaluated)
+        train_idx, dev_idx = _draw([i for i in range(n) if i not in excluded], train, dev, rng)
         used = set(train_idx) | set(dev_idx)
         heldout = Subset(evaluated, tuple(i for i in range(n) if i not in used))
         rule = (
             f"seeded internal split of {evaluated!r} ({n} docs): {train} train / {dev} dev / "
-            f"{len(heldout.indices)} held-out ({how}; defaults shrink so held-out keeps at least a third)"
+            f"{len(heldout.indices)} held-out ({how}; defaults shrink so held-out keeps at least a third"
+            + (f"; {len(excluded)} few-shot exemplars kept out of train/dev" if excluded else "")
+            + ")"
         )
         plan = SplitPlan(family, rule, Subset(evaluated, train_idx), Subset(evaluated, dev_idx), heldout, False)
     else:

@@ -183,7 +183,6 @@ def write_local_task_overrides(
     ``dest_dir`` as ``--include_path``: lm-eval's groups (``bbh``, ``mmlu``, ...) then run the
     overridden leaves, because a later include path overrides same-named index entries.
     """
-    from lm_eval.tasks import TaskManager
 
     dest, data = Path(dest_dir), Path(data_dir).resolve()
     dest.mkdir(parents=True, exist_ok=True)

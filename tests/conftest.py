@@ -45,8 +45,8 @@ def local_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def lm_eval_command(entry: str = "lm_eval") -> list[str]:
     """The real console script (next to this interpreter), or one of the test entry scripts."""
-    if entry == "lm_eval":
-        return [str(Path(sys.executable).with_name("lm_eval"))]
+    if entry in ("lm_eval", "lm-eval-promptopt"):
+        return [str(Path(sys.executable).with_name(entry))]
     return [sys.executable, str(TESTS / f"{entry}.py")]
 
 

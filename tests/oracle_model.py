@@ -9,7 +9,6 @@ accuracy moves only through the instruction, and every number can be predicted f
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import lm_eval.models  # noqa: F401  (register the built-in models first: lm-eval registry gotcha)

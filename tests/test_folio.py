@@ -16,16 +16,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FOLIO_TASK_DIR = REPO / "task_configs" / "folio"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-FOLIO_DATA = SHARED_DATA / "folio"
+from conftest import REPO, SHARED_DATA, needs_shared_data, run_lm_eval
 
-needs_shared_data = pytest.mark.skipif(
-    not (FOLIO_DATA / "train.jsonl").is_file(),
-    reason=f"shared benchmark data not found at {FOLIO_DATA} "
-    "(tests reading ../shared/data are skipped outside the build machines)",
-)
+FOLIO_TASK_DIR = REPO / "task_configs" / "folio"
+FOLIO_DATA = SHARED_DATA / "folio"
 
 
 def _load_utils():
@@ -191,118 +185,20 @@ def test_hub_failure_message_names_token_and_local_option(tmp_path: Path):
 # --------------------------------------------------------------------------- #
 # (c) end to end with the real lm_eval CLI and a tiny random model
 # --------------------------------------------------------------------------- #
-_CORPUS = [
-    "All people who regularly drink coffee are dependent on caffeine.",
-    "If a person is a student, then that person attends the school.",
-    "Premises: Every cat is a mammal. Tom is a cat.",
-    "Conclusion: Tom is a mammal. Is the conclusion True, False, or Uncertain?",
-    "Let's think step by step. The answer is True. The answer is False.",
-    "The answer is Uncertain. Answer: True False Uncertain Unknown",
-    "No one who jokes about being addicted to caffeine is unaware of it.",
-    "Bonnie either attends school events or she does not perform in shows.",
-    "Question: Assuming only the premises above, is the conclusion correct?",
-]
-
-
-def _build_tiny_model_here(out_dir: Path, seed: int = 0) -> Path:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>", "<pad>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(hf_tok),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=2048,
-        bos_token_id=hf_tok.bos_token_id,
-        eos_token_id=hf_tok.eos_token_id,
-        pad_token_id=hf_tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    hf_tok.save_pretrained(out_dir)
-    return out_dir
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("folio_tiny_model")
-    try:  # shared helper, when the package provides it
-        from lm_eval_promptopt.testbed import build_tiny_model
-    except Exception:
-        build_tiny_model = None
-    if build_tiny_model is not None:
-        try:
-            result = build_tiny_model(out, seed=0)
-            path = Path(result) if isinstance(result, (str, os.PathLike)) else out
-            if (path / "config.json").is_file():
-                return path
-        except Exception:
-            pass
-    return _build_tiny_model_here(out / "own", seed=0)
-
-
-def _lm_eval_script() -> str:
-    script = Path(sys.executable).parent / "lm_eval"
-    if not script.exists():
-        pytest.skip(f"lm_eval console script not found next to {sys.executable}")
-    return str(script)
-
-
 @needs_shared_data
-def test_lm_eval_cli_end_to_end(tiny_model_dir: Path, tmp_path: Path):
+def test_lm_eval_cli_end_to_end(tiny_model: Path, tmp_path: Path):
+    """Plain lm_eval (no --optimize) with --include_path task_configs/folio."""
     out_dir = tmp_path / "out"
-    env = dict(os.environ)
-    env.update(
+    run_lm_eval(
+        [
+            "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
+            "--include_path", str(FOLIO_TASK_DIR), "--tasks", "folio", "--limit", "3",
+            "--output_path", str(out_dir), "--gen_kwargs", "max_gen_toks=16",
+        ],
         FOLIO_DATA_DIR=str(FOLIO_DATA),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
     )
-    cmd = [
-        _lm_eval_script(),
-        "--model", "hf",
-        # lm-eval 0.4.13: `device=cpu` inside --model_args clashes with the
-        # --device default ("got multiple values for keyword argument 'device'")
-        "--model_args", f"pretrained={tiny_model_dir}",
-        "--device", "cpu",
-        "--include_path", str(FOLIO_TASK_DIR),
-        "--tasks", "folio",
-        "--limit", "3",
-        "--output_path", str(out_dir),
-        "--gen_kwargs", "max_gen_toks=16",
-    ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    log = (proc.stdout + proc.stderr)[-5000:]
-    assert proc.returncode == 0, log
-
     results_files = sorted(out_dir.rglob("results_*.json"))
-    assert results_files, f"no results JSON under {out_dir}\n{log}"
+    assert results_files, f"no results JSON under {out_dir}"
     data = json.loads(results_files[-1].read_text())
 
     results = data["results"]

@@ -41,7 +41,10 @@ def bbh_run(local_tasks: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 def test_each_task_gets_its_own_best_instruction(bbh_run):
     results, _, _ = bbh_run
-    tasks = results["prompt_optimization"]["tasks"]
+    section = results["prompt_optimization"]
+    assert section["schema_version"] == 1 and section["optimizer"] == "candidates"
+    assert section["seeds"] == {"split_and_search": 0, "random": 0, "numpy": 1234, "torch": 1234, "fewshot": 1234}
+    tasks = section["tasks"]
     assert tasks["bbh_cot_zeroshot_boolean_expressions"]["final_instruction"] == "Focus on boolean_expressions."
     assert tasks["bbh_cot_zeroshot_snarks"]["final_instruction"] == "Focus on snarks."
     for name, task in tasks.items():
@@ -139,3 +142,27 @@ def test_group_aggregation_is_lm_evals(local_tasks: Path, tmp_path: Path):
     expected = sum(scores[t] * sizes[t] for t in leaves) / sum(sizes.values())
     group = results["groups"]["bbh_cot_zeroshot"]["exact_match,flexible-extract"]
     assert group == pytest.approx(expected)
+
+
+def test_folio_found_automatically_via_companion_command(tiny_model: Path, tmp_path: Path):
+    """`lm-eval-promptopt run` with a real HF model, a chat template and our FOLIO configs (no --include_path)."""
+    run_lm_eval(
+        [
+            "run", "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
+            "--tasks", "folio", "--apply_chat_template",
+            "--optimize", "none", "--optimize_args", "instruction=Be logical.,train_size=2,dev_size=3",
+            "--limit", "2", "--gen_kwargs", "max_gen_toks=4", "--log_samples", "--output_path", str(tmp_path),
+        ],
+        entry="lm-eval-promptopt",
+        FOLIO_DATA_DIR=str(SHARED_DATA / "folio"),
+    )
+    results = load_results(tmp_path)
+    tasks = results["prompt_optimization"]["tasks"]
+    assert set(tasks) == {"folio_cot_zeroshot", "folio_mc"}
+    for name, task in tasks.items():
+        assert task["placement"] == "system_message" and task["final_instruction"] == "Be logical."
+        assert task["plan"]["train"]["split"] == "train" and task["plan"]["heldout"]["split"] == "validation"
+        assert len(task["plan"]["heldout"]["indices"]) == 204
+        assert results["n-samples"][name]["effective"] == 2
+        prompt = samples_of(tmp_path, name)[0]["arguments"]["gen_args_0"]["arg_0"]
+        assert prompt.startswith("<|system|>\nBe logical.<|end|>\n<|user|>\nPremises:")

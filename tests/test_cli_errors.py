@@ -1,0 +1,73 @@
+"""Entry points and clear one-line errors (no tracebacks) for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import OFFLINE, run_lm_eval
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--optimize", "bogus"], ["unknown optimizer 'bogus'; available: candidates, none"]),
+        (["--optimize", "none", "--optimize_args", "seed"], ["'seed' is not of the form key=value"]),
+        (["--optimize", "none", "--optimize_args", "stepz=3"], ["unknown key(s) stepz", "valid keys:"]),
+        (["--optimize", "candidates"], ["exactly one of file=PATH or candidates"]),
+        (["--optimize_args", "seed=1"], ["--optimize_args needs --optimize NAME"]),
+        (["--optimize", "none", "--samples", '{"x": [0]}'], ["--samples cannot be combined with --optimize"]),
+    ],
+)
+def test_bad_arguments_fail_before_loading_anything(args, needles):
+    proc = run_lm_eval(["--model", "hf", "--tasks", "mmlu_anatomy", *args], check=False)
+    assert_clean_error(proc, *needles)
+
+
+def test_unknown_task_is_a_clear_error():
+    proc = run_lm_eval(["--model", "hf", "--tasks", "no_such_task_xyz", "--optimize", "none"], check=False)
+    assert_clean_error(proc, "Tasks not found: no_such_task_xyz", "lm_eval ls tasks")
+
+
+FAKE_VERSION = """
+import importlib.metadata as m, sys
+real = m.version
+m.version = lambda name: "0.5.1" if name.replace("_", "-") == "lm-eval" else real(name)
+sys.argv = ["lm_eval", *sys.argv[1:]]
+from lm_eval.__main__ import cli_evaluate
+cli_evaluate()
+"""
+
+
+def test_unsupported_lm_eval_refuses_optimize_but_keeps_plain_lm_eval():
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", FAKE_VERSION, *args], capture_output=True, text=True, env=OFFLINE | {"PATH": ""})
+
+    proc = run("--model", "hf", "--tasks", "mmlu_anatomy", "--optimize", "none")
+    assert_clean_error(proc, "--optimize is unavailable: lm-eval 0.5.1 is installed", "lm-eval>=0.4.10,<0.5")
+    plain = run("run", "--help")
+    assert plain.returncode == 0 and "--tasks" in plain.stdout and "--optimize" not in plain.stdout
+
+
+def test_help_of_every_entry_point_shows_the_group():
+    commands = [
+        [str(Path(sys.executable).with_name("lm_eval")), "run", "--help"],
+        [str(Path(sys.executable).with_name("lm-eval-promptopt")), "run", "--help"],
+        [sys.executable, "-m", "lm_eval_promptopt", "run", "--help"],
+    ]
+    for command in commands:
+        proc = subprocess.run(command, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "prompt optimization:" in proc.stdout and "--optimize_args" in proc.stdout
+    top = subprocess.run([str(Path(sys.executable).with_name("lm-eval-promptopt")), "--help"], capture_output=True, text=True)
+    assert "run" in top.stdout and "lm_eval run" in top.stdout
