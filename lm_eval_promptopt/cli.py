@@ -63,15 +63,13 @@ def _error(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _simple_evaluate_replaced(replacement: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+def _simple_evaluate_replaced(replacement: Callable[..., Any]) -> Iterator[None]:
     """Let lm-eval's own `Run._execute` call `replacement` where it calls `simple_evaluate`."""
     import lm_eval
-    import lm_eval.evaluator
 
-    stock = lm_eval.evaluator.simple_evaluate
     lm_eval.simple_evaluate = replacement
     try:
-        yield stock
+        yield
     finally:
         del lm_eval.simple_evaluate  # lm_eval resolves it lazily again
 
@@ -100,7 +98,9 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
             include.append(args.include_path)
         args.include_path = include
         run = OptimizeRun(optimizer_cls, config, options)
-        with _simple_evaluate_replaced(lambda **kw: run.simple_evaluate(stock, **kw)) as stock:
+        from lm_eval.evaluator import simple_evaluate as stock
+
+        with _simple_evaluate_replaced(lambda **kw: run.simple_evaluate(stock, **kw)):
             try:
                 stock_execute(args)
             except ValueError as err:

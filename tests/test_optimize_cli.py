@@ -127,7 +127,8 @@ def test_group_aggregation_is_lm_evals(local_tasks: Path, tmp_path: Path):
     run_lm_eval(
         [
             "--model", "oracle", "--include_path", str(local_tasks), "--tasks", "bbh_cot_zeroshot",
-            "--optimize", "none", "--optimize_args", "instruction=Focus on navigate.,train_size=1,dev_size=2",
+            "--optimize", "none",
+            "--optimize_args", "instruction=Focus on navigate.,train_size=1,dev_size=2,compare_baseline=true",
             "--output_path", str(tmp_path),
         ],
         entry="oracle_cli",
@@ -142,6 +143,9 @@ def test_group_aggregation_is_lm_evals(local_tasks: Path, tmp_path: Path):
     expected = sum(scores[t] * sizes[t] for t in leaves) / sum(sizes.values())
     group = results["groups"]["bbh_cot_zeroshot"]["exact_match,flexible-extract"]
     assert group == pytest.approx(expected)
+    rows = {r["name"]: r for r in results["prompt_optimization"]["baseline_vs_optimized"]}
+    assert rows["bbh_cot_zeroshot"]["optimized"] == pytest.approx(expected)
+    assert rows["bbh_cot_zeroshot"]["delta"] == 0.0  # `none`: the baseline is the same instruction
 
 
 def test_folio_found_automatically_via_companion_command(tiny_model: Path, tmp_path: Path):
@@ -166,3 +170,25 @@ def test_folio_found_automatically_via_companion_command(tiny_model: Path, tmp_p
         assert results["n-samples"][name]["effective"] == 2
         prompt = samples_of(tmp_path, name)[0]["arguments"]["gen_args_0"]["arg_0"]
         assert prompt.startswith("<|system|>\nBe logical.<|end|>\n<|user|>\nPremises:")
+
+
+def test_real_model_through_the_lm_eval_console_script(tiny_model: Path, local_tasks: Path, tmp_path: Path):
+    """The stock `lm_eval` script, a real HF model, lm-eval's BBH, MMLU and GSM8k task definitions."""
+    tasks = ["bbh_cot_zeroshot_boolean_expressions", "mmlu_anatomy", "gsm8k_cot_zeroshot"]
+    proc = run_lm_eval(
+        [
+            "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
+            "--include_path", str(local_tasks), "--tasks", ",".join(tasks),
+            "--optimize", "candidates", "--optimize_args", "candidates=Be brief.|Be careful.,train_size=2,dev_size=3",
+            "--limit", "3", "--gen_kwargs", "max_gen_toks=8", "--output_path", str(tmp_path),
+        ]
+    )
+    results = load_results(tmp_path)
+    section = results["prompt_optimization"]["tasks"]
+    assert set(section) == set(tasks)
+    for name in tasks:
+        assert section[name]["final_instruction"] in ("Be brief.", "Be careful.")
+        assert section[name]["placement"] == "text_prefix"
+        assert results["n-samples"][name]["effective"] == 3
+        assert len(Path(section[name]["trajectory_file"]).read_text().splitlines()) == 3
+    assert "prompt optimization outputs:" in proc.stdout
