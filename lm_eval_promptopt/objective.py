@@ -97,7 +97,7 @@ def primary_metric(task_name: str, task: Any, groups: dict[str, Any]) -> str:
 
 
 class Objective:
-    """`score(instruction, split)` for one leaf task; every new evaluation is reported to `on_score`."""
+    """`score(instruction, split)` for one leaf task; every new evaluation is passed to `record`."""
 
     def __init__(
         self,
@@ -110,7 +110,7 @@ class Objective:
         metric: str,
         fewshot_seed: int | None,
         eval_kwargs: dict[str, Any],
-        on_score: Callable[[dict[str, Any]], None],
+        record: Callable[[dict[str, Any]], None],
     ) -> None:
         self.task_name = task_name
         self.splits = splits
@@ -120,7 +120,7 @@ class Objective:
         self.metric = metric
         self.fewshot_seed = fewshot_seed
         self.eval_kwargs = eval_kwargs
-        self.on_score = on_score
+        self.record = record
         self.memo: dict[tuple[str, str], float] = {}
         self.evaluations = 0
 
@@ -152,7 +152,7 @@ class Objective:
             start = time.perf_counter()
             self.memo[key] = self._evaluate(subset.split, subset.indices, instruction)
             self.evaluations += 1
-            self.on_score(
+            self.record(
                 {
                     "instruction": instruction,
                     "split": split,

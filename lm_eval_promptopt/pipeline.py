@@ -211,7 +211,7 @@ class OptimizeRun:
             metric=metric,
             fewshot_seed=fewshot_seed,
             eval_kwargs=eval_kwargs,
-            on_score=trajectory.append,
+            record=trajectory.append,
         )
         problem = Problem(name, lm, plan, objective, initial, self.options.seed)
         initial_score = problem.score(initial, "dev")

@@ -21,7 +21,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--optimize", "bogus"], ["unknown optimizer 'bogus'; available: candidates, none"]),
+        (["--optimize", "bogus"], ["unknown optimizer 'bogus'; available: candidates, greater, none"]),
         (["--optimize", "none", "--optimize_args", "seed"], ["'seed' is not of the form key=value"]),
         (["--optimize", "none", "--optimize_args", "stepz=3"], ["unknown key(s) stepz", "valid keys:"]),
         (["--optimize", "candidates"], ["exactly one of file=PATH or candidates"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import importlib
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,15 @@ class Problem:
     def target(self, doc: dict) -> str:
         return self.objective.target(doc)
 
+    @property
+    def task(self) -> Any:
+        """The lm-eval task (read-only use: output type, generation settings, choices)."""
+        return self.objective.splits.task
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Append an entry (a scored candidate, a step) to this task's trajectory file."""
+        self.objective.record(entry)
+
 
 @dataclass
 class OptimizationResult:
@@ -85,21 +95,22 @@ def register_optimizer(name: str) -> Callable[[type[Optimizer]], type[Optimizer]
     return decorate
 
 
-def _load_plugins() -> None:
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name not in _REGISTRY:
-            entry.load()
+# Built-in optimizers by module, imported on first use (greater pulls in torch).
+_BUILTIN = {"none": "simple", "candidates": "simple", "greater": "greater"}
 
 
 def available_optimizers() -> list[str]:
-    from . import simple  # noqa: F401  (registers the built-in optimizers)
-
-    _load_plugins()
-    return sorted(_REGISTRY)
+    names = set(_BUILTIN) | set(_REGISTRY)
+    names |= {entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(names)
 
 
 def get_optimizer(name: str) -> type[Optimizer]:
-    names = available_optimizers()
+    if name in _BUILTIN:
+        importlib.import_module(f"{__package__}.{_BUILTIN[name]}")
+    elif name not in _REGISTRY:
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
+            entry.load()
     if name not in _REGISTRY:
-        raise PromptOptError(f"--optimize: unknown optimizer {name!r}; available: {', '.join(names)}")
+        raise PromptOptError(f"--optimize: unknown optimizer {name!r}; available: {', '.join(available_optimizers())}")
     return _REGISTRY[name]

@@ -1,0 +1,547 @@
+"""GReaTer (Das et al., ICLR 2025): token-by-token instruction search with gradients over reasoning.
+
+One step changes one position of the instruction: candidate tokens come from the model's own
+next-token distribution (top-k per example, intersected over random example subsets, unioned),
+are ranked by the gradient of the answer loss taken *after the model's own reasoning* (w.r.t. a
+one-hot over the candidates' embeddings only), and the best 3 are scored by regenerating the
+reasoning on all train examples (criterion: error rate + 0.02 x prompt NLL). The best is taken,
+the position advances, and the prompt grows with a placeholder until a sentence end is chosen.
+The 10 best prompts seen are finally scored on optimize-dev by the harness.
+
+Spec: shared/reference/greater.md. Fixed defects of the reference: see README (GReaTer).
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import PromptOptError
+from .base import OptimizationResult, Optimizer, Problem, register_optimizer
+
+INITIAL_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."
+ANSWER_TEMPERATURE = 0.2  # logits / 0.2 in the answer cross-entropy
+GRADIENT_FLUENCY = 0.2  # weight of the prompt NLL in the gradient loss
+SELECTION_FLUENCY = 0.02  # weight of the prompt NLL in the selection criterion
+CANDIDATES_SCORED = 3
+MIN_CANDIDATES = 6
+EXAMPLES_PER_INTERSECTION = 5
+RESTART_BELOW = 0.12
+TOP_KEPT = 10
+EXTRACTORS = {"bbh": "So the answer is", "gsm8k": "The answer is"}
+
+
+@dataclass(frozen=True)
+class GreaterConfig:
+    steps: int = 125
+    """Optimization steps (one instruction position each)."""
+    topk: int = 5
+    """Initial per-example top-k of the proposal (grown by 2 until 6 candidates remain)."""
+    topq: int = 3
+    """Random example subsets intersected per proposal; their intersections are unioned."""
+    max_reasoning_tokens: int = 256
+    """Cap on generated reasoning tokens (also capped by the task's max_gen_toks)."""
+    extractor: str | None = None
+    """Answer-extraction text put between the reasoning and the gold answer (default per family)."""
+    proposal: str = "example"
+    """`example`: propose from "{question}. Use {prompt prefix}" per example (the paper's layout);
+    `rendered`: from the rendered prompt prefix (one distribution shared by all examples)."""
+    batch_size: int = 8
+    """Sequences per forward/backward/generation batch."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "topk", "topq", "max_reasoning_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.proposal not in ("example", "rendered"):
+            raise ValueError(f"proposal must be 'example' or 'rendered', got {self.proposal!r}")
+
+
+@dataclass
+class Example:
+    """One train doc as token ids around the instruction, plus what is scored after the reasoning."""
+
+    prefix: list[int]
+    rest: list[int]
+    question: list[int]
+    answer: list[int]
+    choices: list[list[int]] | None = None
+    gold: int | None = None
+
+
+@dataclass
+class Scored:
+    criterion: float
+    error: float
+    nll: float
+    reasoning: list[list[int]]
+
+
+class Counters(dict):
+    def add(self, key: str, value: int = 1) -> None:
+        self[key] = self.get(key, 0) + value
+
+
+def hf_model(problem: Problem) -> Any:
+    """The lm-eval HFLM behind the problem, or a clear error for any other model."""
+    from lm_eval.models.huggingface import HFLM
+
+    lm = getattr(problem.lm, "lm", problem.lm)  # unwrap --use_cache's CachingLM
+    if not isinstance(lm, HFLM) or getattr(lm, "backend", "causal") != "causal":
+        raise PromptOptError(
+            f"GReaTer needs gradients of a local Hugging Face causal model (--model hf); got {type(lm).__name__}. "
+            "For API or other backends use --optimize gpo."
+        )
+    return lm
+
+
+def allowed_token_mask(tokenizer: Any, vocab_size: int) -> torch.Tensor:
+    """Tokens whose text is letters and spaces only, or exactly '.', ',' or ' '; no special tokens."""
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    for token_id in range(min(vocab_size, len(tokenizer))):
+        if token_id in special:
+            continue
+        text = tokenizer.decode([token_id])
+        if text in (".", ",", " ") or (text.strip() and all(c.isalpha() or c == " " for c in text)):
+            mask[token_id] = True
+    return mask
+
+
+class Engine:
+    """The model-side computations of one GReaTer run, batched and counted."""
+
+    def __init__(self, lm: Any, config: GreaterConfig, stop: list[str], max_new: int) -> None:
+        self.lm = lm
+        self.model = lm.model
+        self.tok = lm.tokenizer
+        self.device = lm.device
+        self.config = config
+        self.stop = stop
+        self.max_new = max_new
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        self.eos = {i for i in [self.tok.eos_token_id, getattr(lm, "eot_token_id", None)] if i is not None}
+        self.embeddings = self.model.get_input_embeddings().weight
+        self.head = self.model.get_output_embeddings()
+        self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        self.counters = Counters()
+
+    # -- forward helpers -------------------------------------------------------------------
+    def _batch(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids and attention mask (causal: padding after a sequence changes nothing)."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _hidden(self, mask: torch.Tensor, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        self.counters.add("forward_passes")
+        self.counters.add("tokens_processed", int(mask.sum()))
+        out = self.model.base_model(input_ids=ids, inputs_embeds=embeds, attention_mask=mask)
+        return out.last_hidden_state
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head at the given hidden states only (not at every position), in float32."""
+        logits = self.head(hidden).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    # -- generation ------------------------------------------------------------------------
+    def _trim(self, ids: list[int]) -> list[int]:
+        """Cut at end-of-sequence and before the first stop string, keeping generated ids as they are."""
+        for i, token in enumerate(ids):
+            if token in self.eos or token == self.pad:
+                ids = ids[:i]
+                break
+        if not self.stop or not any(s in self.tok.decode(ids) for s in self.stop):
+            return ids
+        low, high = 0, len(ids)  # the shortest prefix that contains a stop string
+        while low < high:
+            mid = (low + high) // 2
+            if any(s in self.tok.decode(ids[: mid + 1]) for s in self.stop):
+                high = mid
+            else:
+                low = mid + 1
+        return ids[:low]
+
+    @torch.no_grad()
+    def generate(self, contexts: list[list[int]]) -> list[list[int]]:
+        """Greedy reasoning for every context, batched with left padding."""
+        out: list[list[int]] = []
+        for start in range(0, len(contexts), self.config.batch_size):
+            chunk = contexts[start : start + self.config.batch_size]
+            width = max(len(c) for c in chunk)
+            ids = torch.full((len(chunk), width), self.pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, ctx in enumerate(chunk):
+                ids[row, width - len(ctx) :] = torch.tensor(ctx)
+                mask[row, width - len(ctx) :] = 1
+            kwargs = {"stop_strings": self.stop, "tokenizer": self.tok} if self.stop else {}
+            generated = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=self.max_new,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self.pad,
+                **kwargs,
+            )[:, width:].tolist()
+            self.counters.add("generate_calls")
+            self.counters.add("generations", len(chunk))
+            for row in generated:
+                trimmed = self._trim(row)
+                self.counters.add("tokens_generated", len(trimmed))
+                out.append(trimmed)
+        return out
+
+    # -- proposal ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def next_token_log_probs(self, contexts: list[list[int]]) -> torch.Tensor:
+        """Log-probabilities of the token after each context (one batched prefix-only forward)."""
+        rows = []
+        for start in range(0, len(contexts), self.config.batch_size):
+            chunk = contexts[start : start + self.config.batch_size]
+            ids, mask = self._batch(chunk)
+            hidden = self._hidden(mask, ids=ids)
+            last = torch.tensor([len(c) - 1 for c in chunk], device=self.device)
+            rows.append(torch.log_softmax(self._logits(hidden[torch.arange(len(chunk)), last]), dim=-1).cpu())
+        return torch.cat(rows)
+
+    # -- the loss over one batch of full sequences -----------------------------------------------
+    def _sequence_terms(
+        self, hidden: torch.Tensor, seqs: list[list[int]], answer_spans: list[range], prompt_spans: list[range]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per row: answer log-probs (all vocab, /T applied later), gold answer ids, prompt-token NLLs."""
+        answer_logits, answer_gold, prompt_nll = [], [], []
+        for row, seq in enumerate(seqs):
+            ans = answer_spans[row]
+            logits = self._logits(hidden[row, ans.start - 1 : ans.stop - 1])
+            answer_logits.append(logits)
+            answer_gold.append(torch.tensor(seq[ans.start : ans.stop], device=logits.device))
+            span = [t for t in prompt_spans[row] if t > 0]
+            if span:
+                idx = torch.tensor(span, device=hidden.device)
+                log_probs = torch.log_softmax(self._logits(hidden[row, idx - 1]), dim=-1)
+                targets = torch.tensor([seq[t] for t in span], device=log_probs.device)
+                prompt_nll.append(-log_probs.gather(1, targets[:, None]).mean())
+            else:
+                prompt_nll.append(torch.zeros((), device=hidden.device))
+        return answer_logits, answer_gold, prompt_nll
+
+
+def build_examples(problem: Problem, lm: Any, instruction: str, extractor: str) -> list[Example]:
+    """Each train doc, rendered by lm-eval with `instruction`, as token pieces around it."""
+    task, tok = problem.task, lm.tokenizer
+    multiple_choice = task.get_config("output_type") == "multiple_choice"
+    examples = []
+    for doc in problem.docs("train"):
+        rendered = problem.render(doc, instruction)
+        if rendered.span is None:
+            raise PromptOptError(f"{problem.task_name}: could not locate the instruction in the rendered prompt")
+        prefix = lm.tok_encode(rendered.text[: rendered.span[0]])
+        rest = tok.encode(rendered.text[rendered.span[1] :], add_special_tokens=False)
+        question = lm.tok_encode(str(task.doc_to_text(doc)).rstrip() + ".")
+        if multiple_choice:
+            choices = [str(c) for c in task.doc_to_choice(doc)]
+            target = task.doc_to_target(doc)
+            gold = target if isinstance(target, int) else choices.index(str(target))
+            delimiter = "" if problem.objective.placement.chat_template else task.config.target_delimiter
+            pieces = [tok.encode(delimiter + c, add_special_tokens=False) for c in choices]
+            examples.append(Example(prefix, rest, question, [], pieces, gold))
+        else:
+            target = problem.target(doc)
+            gold_text = target.split("####")[-1].strip()
+            answer = tok.encode(f" {extractor} {gold_text}", add_special_tokens=False)
+            examples.append(Example(prefix, rest, question, answer))
+    return examples
+
+
+@register_optimizer("greater")
+class Greater(Optimizer):
+    """GReaTer: gradient-over-reasoning token search on the task model itself."""
+
+    config_class = GreaterConfig
+    default_instruction = f"Use {INITIAL_PROMPT}"
+    fixed_prefix = "Use"
+
+    def optimize(self, problem: Problem) -> OptimizationResult:
+        started = time.perf_counter()
+        prompt = self.prepare(problem)
+        lm, cfg = self.lm, self.config
+        rng = random.Random(f"greater:{problem.seed}:{problem.task_name}")
+        params = [p for p in lm.model.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        lm.model.eval()
+        try:
+            top, history = self._search(problem, prompt, rng)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+        dev = [(problem.score(self.text(ids), "dev"), -crit, self.text(ids)) for crit, ids in top]
+        best_dev, _, best = max(dev) if dev else (None, None, problem.initial_instruction)
+        engine = self.engine
+        peak = _peak_memory_mb(lm.device)
+        return OptimizationResult(
+            best,
+            details={
+                "proposal": cfg.proposal,
+                "extractor": None if self.multiple_choice else self.extractor,
+                "top_prompts": [{"instruction": t, "train_criterion": -c, "dev_score": s} for s, c, t in sorted(dev, reverse=True)],
+                "best_dev_score": best_dev,
+                "steps": history,
+                "counters": dict(engine.counters),
+                "peak_memory_mb": peak,
+                "search_seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    def prepare(self, problem: Problem) -> list[int]:
+        """Set up the model side and the train examples; return the initial prompt's token ids."""
+        lm = hf_model(problem)
+        cfg: GreaterConfig = self.config
+        tok = lm.tokenizer
+        instruction = problem.initial_instruction
+        if not instruction.startswith(self.fixed_prefix):
+            raise PromptOptError(
+                f"greater optimizes the text after a fixed {self.fixed_prefix!r} (as in the paper); "
+                f"the initial instruction must start with it, got {instruction!r}"
+            )
+        self.fixed = tok.encode(self.fixed_prefix, add_special_tokens=False)
+        prompt = tok.encode(instruction[len(self.fixed_prefix) :], add_special_tokens=False)
+        if not prompt:
+            raise PromptOptError("greater needs an initial instruction with words after 'Use'")
+        gen_kwargs = problem.task.get_config("generation_kwargs") or {}
+        until = gen_kwargs.get("until") or []
+        stop = [until] if isinstance(until, str) else list(until)
+        max_new = min(cfg.max_reasoning_tokens, int(gen_kwargs.get("max_gen_toks", cfg.max_reasoning_tokens)))
+        self.engine, self.tok, self.lm = Engine(lm, cfg, stop, max_new), tok, lm
+        self.multiple_choice = problem.task.get_config("output_type") == "multiple_choice"
+        self.extractor = cfg.extractor or EXTRACTORS.get(problem.plan.family, "The answer is")
+        self.examples = build_examples(problem, lm, self.text(prompt), self.extractor)
+        if not self.examples:
+            raise PromptOptError(f"{problem.task_name}: greater needs at least one optimize-train doc (train_size >= 1)")
+        self.allowed = allowed_token_mask(tok, self.engine.embeddings.shape[0])
+        self.placeholder = (tok.encode(" _", add_special_tokens=False) or tok.encode("_", add_special_tokens=False))[-1]
+        return prompt
+
+    # -- state helpers ---------------------------------------------------------------------
+    def text(self, prompt: list[int]) -> str:
+        return self.tok.decode(self.fixed + prompt)
+
+    def reencodes(self, prompt: list[int]) -> bool:
+        return self.tok.encode(self.text(prompt), add_special_tokens=False) == self.fixed + prompt
+
+    def contexts(self, prompt: list[int]) -> list[list[int]]:
+        return [ex.prefix + self.fixed + prompt + ex.rest for ex in self.examples]
+
+    # -- the loop --------------------------------------------------------------------------
+    def _search(self, problem: Problem, prompt: list[int], rng: random.Random) -> tuple[list, list]:
+        cfg: GreaterConfig = self.config
+        memo: dict[tuple[int, ...], Scored] = {}
+        initial_length, pos = len(prompt), 0
+        reasoning, reasoning_for = None, None
+        top: list[tuple[float, list[int]]] = []
+        history = []
+        skipped = 0
+        for step in tqdm(range(cfg.steps), desc=f"greater {problem.task_name}", unit="step", leave=False):
+            step_start, before = time.perf_counter(), dict(self.engine.counters)
+            if reasoning_for != prompt:
+                reasoning = self.reasoning(prompt)
+                reasoning_for = list(prompt)
+            candidates = self.propose(prompt, pos, rng)
+            gradient = self.gradient(prompt, pos, candidates, reasoning)
+            order = [candidates[i] for i in torch.argsort(gradient).tolist()]
+            chosen_ids = []
+            for token in order:
+                new = prompt[:pos] + [token] + prompt[pos + 1 :]
+                if not self.reencodes(new):
+                    skipped += 1
+                    continue
+                chosen_ids.append(new)
+                if len(chosen_ids) == CANDIDATES_SCORED:
+                    break
+            todo = [ids for ids in chosen_ids if tuple(ids) not in memo]
+            for ids, scored in zip(todo, self.score(todo)):
+                memo[tuple(ids)] = scored
+            best: list[int] | None = None
+            for ids in chosen_ids:
+                if "." in self.tok.decode([ids[pos]]) and pos >= 0.5 * initial_length:
+                    best = ids  # period rule: a sentence end in the second half is taken at once
+                    break
+                if best is None or memo[tuple(ids)].criterion <= memo[tuple(best)].criterion:
+                    best = ids  # ties go to the later candidate, as in the reference
+            if best is None:  # every candidate failed the re-encoding check: keep the prompt
+                best = list(prompt)
+                if tuple(best) not in memo:
+                    memo[tuple(best)] = self.score([best])[0]
+            scored = memo[tuple(best)]
+            entry = {
+                "step": step,
+                "position": pos,
+                "candidates": [self.tok.decode([t]) for t in candidates],
+                "scored": {self.text(ids): round(memo[tuple(ids)].criterion, 6) for ids in chosen_ids},
+                "chosen": self.text(best),
+                "criterion": scored.criterion,
+                "train_error": scored.error,
+                "prompt_nll": scored.nll,
+                "seconds": round(time.perf_counter() - step_start, 3),
+                "counters": {k: v - before.get(k, 0) for k, v in self.engine.counters.items()},
+            }
+            history.append(entry)
+            problem.record({"kind": "greater_step", **entry})
+            prompt, reasoning, reasoning_for = list(best), scored.reasoning, list(best)
+            if all(ids != prompt for _, ids in top):
+                top = sorted([*top, (scored.criterion, list(prompt))], key=lambda x: x[0])[:TOP_KEPT]
+            pos += 1
+            if pos >= len(prompt):
+                if "." in self.tok.decode([prompt[-1]]):
+                    pos = 0
+                else:
+                    prompt = [*prompt, self.placeholder]
+            if scored.criterion < RESTART_BELOW:
+                pos = 0
+        if skipped:
+            history.append({"reencoding_skips": skipped})
+        return top, history
+
+    def reasoning(self, prompt: list[int]) -> list[list[int]]:
+        if self.multiple_choice:
+            return [[] for _ in self.examples]
+        return self.engine.generate(self.contexts(prompt))
+
+    def propose(self, prompt: list[int], pos: int, rng: random.Random) -> list[int]:
+        """Candidate tokens for `pos`: per-example top-k, intersected over subsets, unioned; k grows."""
+        cfg: GreaterConfig = self.config
+        if cfg.proposal == "example":
+            contexts = [ex.question + self.fixed + prompt[:pos] for ex in self.examples]
+        else:
+            ex = self.examples[0]
+            contexts = [ex.prefix + self.fixed + prompt[:pos]]
+        log_probs = self.engine.next_token_log_probs(contexts)
+        mask = self.allowed[: log_probs.shape[1]].clone()
+        mask[prompt[pos - 1]] = False  # no immediate repeat (pos 0: the last token, as in the reference)
+        log_probs = log_probs.masked_fill(~mask, float("-inf"))
+        limit = int(mask.sum())
+        k = min(cfg.topk, limit)
+        size = min(EXAMPLES_PER_INTERSECTION, len(contexts))
+        draws = [rng.sample(range(len(contexts)), size) for _ in range(cfg.topq)]
+        while True:
+            top_sets = [set(row.tolist()) for row in torch.topk(log_probs, k, dim=1).indices]
+            union: set[int] = set()
+            for draw in draws:
+                union |= set.intersection(*(top_sets[i] for i in draw))
+            if len(union) >= MIN_CANDIDATES or k >= limit:
+                break
+            k = min(k + 2, limit)
+        if prompt[pos] not in union:
+            union.add(prompt[pos])
+        return sorted(union)
+
+    def _rows(self, prompt: list[int], reasoning: list[list[int]]) -> tuple[list[list[int]], list[range], list[range], list[int]]:
+        """Full sequences, answer spans, prompt spans, and the example each row belongs to."""
+        seqs, answers, prompts, owner = [], [], [], []
+        for i, ex in enumerate(self.examples):
+            head = ex.prefix + self.fixed + prompt + ex.rest + reasoning[i]
+            start = len(ex.prefix) + len(self.fixed)
+            for piece in ex.choices if self.multiple_choice else [ex.answer]:
+                seqs.append(head + piece)
+                answers.append(range(len(head), len(head) + len(piece)))
+                prompts.append(range(start, start + len(prompt)))
+                owner.append(i)
+        return seqs, answers, prompts, owner
+
+    def _losses(self, hidden, seqs, answers, prompts, owner, batch_examples) -> tuple[list[torch.Tensor], list[float], list[torch.Tensor]]:
+        """Per example: answer loss (CE with logits/T), error (0/1), prompt NLL."""
+        logits, gold, nll = self.engine._sequence_terms(hidden, seqs, answers, prompts)
+        losses, errors, nlls = [], [], []
+        for i in batch_examples:
+            rows = [r for r, o in enumerate(owner) if o == i]
+            if self.multiple_choice:
+                ll = torch.stack(
+                    [torch.log_softmax(logits[r], dim=-1).gather(1, gold[r][:, None]).sum() for r in rows]
+                )
+                target = torch.tensor(self.examples[i].gold, device=ll.device)
+                losses.append(torch.nn.functional.cross_entropy((ll / ANSWER_TEMPERATURE)[None], target[None]))
+                errors.append(float(int(ll.argmax()) != self.examples[i].gold))
+            else:
+                (r,) = rows
+                losses.append(torch.nn.functional.cross_entropy(logits[r] / ANSWER_TEMPERATURE, gold[r]))
+                errors.append(float(bool((logits[r].argmax(-1) != gold[r]).any())))
+            nlls.append(nll[rows[0]])
+        return losses, errors, nlls
+
+    def _example_batches(self) -> list[list[int]]:
+        per = len(self.examples[0].choices) if self.multiple_choice else 1
+        size = max(1, self.config.batch_size // per)
+        return [list(range(s, min(s + size, len(self.examples)))) for s in range(0, len(self.examples), size)]
+
+    def gradient(self, prompt: list[int], pos: int, candidates: list[int], reasoning: list[list[int]]) -> torch.Tensor:
+        """d loss / d one-hot over the candidates at `pos`, summed over examples, L2-normalised."""
+        engine = self.engine
+        weight = engine.embeddings
+        one_hot = torch.zeros(len(candidates), dtype=weight.dtype, device=weight.device)
+        one_hot[candidates.index(prompt[pos])] = 1.0
+        one_hot.requires_grad_(True)
+        seqs, answers, prompts, owner = self._rows(prompt, reasoning)
+        for batch in self._example_batches():
+            rows = [r for r, o in enumerate(owner) if o in batch]
+            ids, mask = engine._batch([seqs[r] for r in rows])
+            embeds = weight[ids].detach().clone()
+            slot = one_hot @ weight[candidates]
+            for j, r in enumerate(rows):
+                embeds[j, len(self.examples[owner[r]].prefix) + len(self.fixed) + pos] = slot
+            hidden = engine._hidden(mask, embeds=embeds)
+            sub = [seqs[r] for r in rows], [answers[r] for r in rows], [prompts[r] for r in rows], [owner[r] for r in rows]
+            losses, _, nlls = self._losses(hidden, *sub, batch)
+            total = sum(loss + GRADIENT_FLUENCY * n for loss, n in zip(losses, nlls))
+            total.backward()
+            engine.counters.add("backward_passes")
+        grad = one_hot.grad.detach().float()
+        return grad / grad.norm().clamp_min(1e-12)
+
+    @torch.no_grad()
+    def score(self, prompts: list[list[int]]) -> list[Scored]:
+        """Selection criterion per prompt: regenerate reasoning (all prompts x examples, batched), score."""
+        if not prompts:
+            return []
+        if self.multiple_choice:
+            reasonings = [[[] for _ in self.examples] for _ in prompts]
+        else:
+            flat = self.engine.generate([c for p in prompts for c in self.contexts(p)])
+            n = len(self.examples)
+            reasonings = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+        results = []
+        for prompt, reasoning in zip(prompts, reasonings):
+            seqs, answers, spans, owner = self._rows(prompt, reasoning)
+            errors, nlls = [], []
+            for batch in self._example_batches():
+                rows = [r for r, o in enumerate(owner) if o in batch]
+                ids, mask = self.engine._batch([seqs[r] for r in rows])
+                hidden = self.engine._hidden(mask, ids=ids)
+                sub = [seqs[r] for r in rows], [answers[r] for r in rows], [spans[r] for r in rows], [owner[r] for r in rows]
+                _, batch_errors, batch_nlls = self._losses(hidden, *sub, batch)
+                errors += batch_errors
+                nlls += [float(n) for n in batch_nlls]
+            error, nll = sum(errors) / len(errors), sum(nlls) / len(nlls)
+            results.append(Scored(error + SELECTION_FLUENCY * nll, error, nll, reasoning))
+        return results
+
+
+def _peak_memory_mb(device: Any) -> float:
+    if torch.cuda.is_available() and str(device).startswith("cuda"):
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # process peak RSS (Linux: KiB)
