@@ -305,6 +305,7 @@ class Greater(Optimizer):
                 "steps": history,
                 "counters": dict(engine.counters),
                 "peak_memory_mb": peak,
+                "weight_gradients": any(p.grad is not None for p in lm.model.parameters()),
                 "search_seconds": round(time.perf_counter() - started, 3),
             },
         )
