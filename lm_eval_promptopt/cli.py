@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from typing import Any
 
 from .errors import PromptOptError
 
-PLUGIN_KEYS = ("optimize", "optimize_args")
+PLUGIN_KEYS = ("optimize", "optimize_args", "optimize_cache", "optimized_prompts")
 
 
 def task_configs_dir() -> Path:
@@ -52,8 +53,24 @@ def add_argument_group(parser: argparse.ArgumentParser) -> None:
             task family, see README), instruction (initial instruction), compare_baseline=true
             (also evaluate held-out with the initial instruction and print the difference),
             metric=metric,filter (objective; default: what the task's group aggregates).
-            Optimizer settings: candidates takes file=PATH or candidates='A|B|C'."""
+            refresh=true (search again despite a cached search). Optimizer settings: see README
+            (candidates: file=PATH or candidates='A|B|C'; greater: steps, topk, topq, ...)."""
         ),
+    )
+    group.add_argument(
+        "--optimize_cache",
+        default=None,
+        metavar="<dir>",
+        help="Instruction cache: a search with the same model, task config, optimizer config, split "
+        "plan and seeds is reused instead of run again (default: $LM_EVAL_PROMPTOPT_CACHE or "
+        "~/.cache/lm_eval_promptopt/instructions).",
+    )
+    group.add_argument(
+        "--optimized_prompts",
+        default=None,
+        metavar="<file>",
+        help="Evaluate these instructions on the held-out docs, with no search: JSON {task: instruction}, "
+        "JSONL lines {\"task\", \"instruction\"}, or an earlier run's results / optimized_prompts.json.",
     )
 
 
@@ -77,18 +94,24 @@ def _simple_evaluate_replaced(replacement: Callable[..., Any]) -> Iterator[None]
 def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespace], None]) -> None:
     """`lm_eval run`: stock behaviour without --optimize, optimize-then-evaluate with it."""
     plugin = {key: vars(args).pop(key, None) for key in PLUGIN_KEYS}
-    if plugin["optimize"] is None:
-        if plugin["optimize_args"]:
-            _error("--optimize_args needs --optimize NAME")
+    if plugin["optimize"] is None and plugin["optimized_prompts"] is None:
+        for key in ("optimize_args", "optimize_cache"):
+            if plugin[key]:
+                _error(f"--{key} needs --optimize NAME")
         stock_execute(args)
         return
     from .optimizers import get_optimizer
     from .options import parse_optimize_args
     from .pipeline import OptimizeRun
+    from .store import InstructionCache, default_cache_dir
 
     try:
-        optimizer_cls = get_optimizer(plugin["optimize"])
+        if plugin["optimize"] and plugin["optimized_prompts"]:
+            raise PromptOptError("use either --optimize (search) or --optimized_prompts (no search), not both")
+        optimizer_cls = get_optimizer(plugin["optimize"] or "none")
         options, config = parse_optimize_args(plugin["optimize_args"], optimizer_cls.name, optimizer_cls.config_class)
+        given = load_prompts(Path(plugin["optimized_prompts"])) if plugin["optimized_prompts"] else None
+        cache = InstructionCache(Path(plugin["optimize_cache"]) if plugin["optimize_cache"] else default_cache_dir())
         if getattr(args, "samples", None):
             raise PromptOptError("--samples cannot be combined with --optimize: the plugin selects the held-out docs (use --limit to cap them)")
         if getattr(args, "cache_requests", None):
@@ -97,7 +120,7 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
         if getattr(args, "include_path", None):
             include.append(args.include_path)
         args.include_path = include
-        run = OptimizeRun(optimizer_cls, config, options)
+        run = OptimizeRun(optimizer_cls, config, options, cache=None if given else cache, given_prompts=given)
         from lm_eval.evaluator import simple_evaluate as stock
 
         with _simple_evaluate_replaced(lambda **kw: run.simple_evaluate(stock, **kw)):
@@ -110,6 +133,31 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
     except PromptOptError as err:
         _error(str(err))
     print(run.summary())
+
+
+def load_prompts(path: Path) -> dict[str, str]:
+    """task -> instruction from JSON, JSONL, or an earlier run's results / prompt_optimization.json."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PromptOptError(f"--optimized_prompts: cannot read {path}: {err.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            data = {row["task"]: row["instruction"] for row in rows}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise PromptOptError(
+                f"--optimized_prompts: {path} is neither JSON {{task: instruction}} nor JSONL lines "
+                '{"task": ..., "instruction": ...}'
+            ) from None
+    section = data.get("prompt_optimization", data) if isinstance(data, dict) else None
+    if isinstance(section, dict) and isinstance(section.get("tasks"), dict):
+        data = {task: entry["final_instruction"] for task, entry in section["tasks"].items()}
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise PromptOptError(f"--optimized_prompts: {path} must map task names to instruction strings")
+    return data
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,6 +28,8 @@ class RunOptions:
     """Also evaluate the held-out docs with the initial instruction and print the difference."""
     metric: str | None = None
     """Objective as `metric,filter` (default: the metric the task's group aggregates)."""
+    refresh: bool = False
+    """Search again even if the instruction cache has this search."""
 
     def __post_init__(self) -> None:
         if self.train_size is not None and self.train_size < 0:

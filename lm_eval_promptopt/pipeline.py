@@ -26,7 +26,8 @@ from .optimizers.base import Optimizer, Problem
 from .options import RunOptions
 from .prompting import Placement, bind_instruction, detect_placement
 from .report import SCHEMA_VERSION, Trajectory, comparison_rows, format_table, write_json
-from .splits import plan_splits
+from .splits import SplitPlan, plan_splits
+from .store import InstructionCache, digest, model_identity
 
 
 @dataclass
@@ -37,12 +38,15 @@ class TaskOutcome:
     plan: dict[str, Any]
     initial_instruction: str
     final_instruction: str
-    initial_dev_score: float
-    final_dev_score: float
+    initial_dev_score: float | None
+    final_dev_score: float | None
     stop_reason: str
     evaluations: int
     wall_time_s: float
     trajectory_file: str
+    source: str = "search"
+    """`search`, `cache` (a cached search with the same key), or `given` (--optimized_prompts)."""
+    cache_entry: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,6 +113,8 @@ class OptimizeRun:
     options: RunOptions
     outcomes: list[TaskOutcome] = field(default_factory=list)
     comparison: list[dict[str, Any]] | None = None
+    cache: InstructionCache | None = None
+    given_prompts: dict[str, str] | None = None
     run_dir: Path | None = None
     seeds: dict[str, int | None] = field(default_factory=dict)
 
@@ -146,15 +152,19 @@ class OptimizeRun:
             "fewshot_as_multiturn": kw.get("fewshot_as_multiturn", False),
             "confirm_run_unsafe_code": kw.get("confirm_run_unsafe_code", False),
         }
+        if self.given_prompts is not None:
+            missing = sorted(set(loaded["tasks"]) - set(self.given_prompts))
+            if missing:
+                raise PromptOptError(f"--optimized_prompts has no instruction for: {', '.join(missing)}; add them or drop those tasks")
         heldout: dict[str, list[int]] = {}
         metrics: dict[str, str] = {}
         bar = tqdm(loaded["tasks"].items(), desc=f"optimize ({self.optimizer_cls.name})", unit="task")
         for name, task in bar:
             bar.set_postfix_str(name)
-            outcome, plan_heldout = self._optimize_task(name, task, lm, loaded, placement, initial, kw, eval_kwargs)
+            outcome, plan = self._optimize_task(name, task, lm, loaded, placement, initial, kw, eval_kwargs)
             self.outcomes.append(outcome)
             metrics[name] = outcome.metric
-            heldout[name] = plan_heldout
+            heldout[name] = list(plan.heldout.indices)
         bar.close()
 
         limit = kw.get("limit")
@@ -202,6 +212,19 @@ class OptimizeRun:
         )
         metric = self.options.metric or primary_metric(name, task, loaded["groups"])
         trajectory = Trajectory(self.run_dir / "trajectories" / f"{name}.jsonl")
+        outcome = dict(task=name, metric=metric, placement=placement.name, plan=plan.as_dict(), initial_instruction=initial)
+        if self.given_prompts is not None:
+            trajectory.append({"kind": "given", "instruction": self.given_prompts[name]})
+            outcome.update(final_instruction=self.given_prompts[name], source="given", initial_dev_score=None, final_dev_score=None)
+            return TaskOutcome(**outcome, stop_reason="given", evaluations=0, wall_time_s=0.0, trajectory_file=str(trajectory.path)), plan
+        key = self._cache_key(name, task, lm, kw, plan, placement, initial, metric, eval_kwargs)
+        cached = None if self.cache is None or self.options.refresh else self.cache.lookup(key)
+        if cached is not None:
+            entry = str(self.cache.path(key))
+            trajectory.append({"kind": "cache_hit", "cache_entry": entry, "instruction": cached["final_instruction"]})
+            print(f"lm_eval_promptopt: {name}: reusing the cached search {entry} (refresh=true searches again)")
+            kept = {k: cached[k] for k in ("final_instruction", "initial_dev_score", "final_dev_score", "stop_reason", "evaluations", "wall_time_s", "details")}
+            return TaskOutcome(**outcome, **kept, trajectory_file=str(trajectory.path), source="cache", cache_entry=entry), plan
         objective = Objective(
             task_name=name,
             splits=splits,
@@ -216,12 +239,8 @@ class OptimizeRun:
         problem = Problem(name, lm, plan, objective, initial, self.options.seed)
         initial_score = problem.score(initial, "dev")
         result = self.optimizer_cls(self.config).optimize(problem)
-        outcome = TaskOutcome(
-            task=name,
-            metric=metric,
-            placement=placement.name,
-            plan=plan.as_dict(),
-            initial_instruction=initial,
+        searched = TaskOutcome(
+            **outcome,
             final_instruction=result.instruction,
             initial_dev_score=initial_score,
             final_dev_score=problem.score(result.instruction, "dev"),
@@ -231,7 +250,26 @@ class OptimizeRun:
             trajectory_file=str(trajectory.path),
             details=result.details,
         )
-        return outcome, list(plan.heldout.indices)
+        if self.cache is not None:
+            searched.cache_entry = str(self.cache.save(key, asdict(searched)))
+        return searched, plan
+
+    def _cache_key(self, name, task, lm, kw, plan: SplitPlan, placement: Placement, initial, metric, eval_kwargs) -> dict[str, Any]:
+        """Everything that can change a search's result."""
+        return {
+            "plugin_version": __version__,
+            "model": model_identity(lm, kw["model"], kw.get("model_args")),
+            "task": name,
+            "task_config_sha256": digest(task.config.to_dict()),
+            "optimizer": self.optimizer_cls.name,
+            "optimizer_config": asdict(self.config),
+            "initial_instruction": initial,
+            "metric": metric,
+            "split_plan_sha256": digest(plan.as_dict()),
+            "seeds": self.seeds,
+            "placement": placement.name,
+            "evaluation": {k: eval_kwargs[k] for k in ("apply_chat_template", "fewshot_as_multiturn")},
+        }
 
     def section(self) -> dict[str, Any]:
         """The `prompt_optimization` section of the results JSON."""
@@ -259,7 +297,9 @@ class OptimizeRun:
         if self.comparison is not None:
             lines += ["Held-out: baseline (initial instruction) vs optimized", format_table(self.comparison), ""]
         for o in self.outcomes:
-            lines.append(f"{o.task}: dev {o.initial_dev_score:.4f} -> {o.final_dev_score:.4f}  instruction: {o.final_instruction!r}")
+            scores = "" if o.final_dev_score is None else f"dev {o.initial_dev_score:.4f} -> {o.final_dev_score:.4f}  "
+            origin = {"cache": " (cached search)", "given": " (given)"}.get(o.source, "")
+            lines.append(f"{o.task}: {scores}instruction{origin}: {o.final_instruction!r}")
         lines.append(f"prompt optimization outputs: {self.run_dir} (prompt_optimization.json, optimized_prompts.json, trajectories/)")
         return "\n".join(lines)
 

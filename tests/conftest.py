@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -52,13 +53,14 @@ def lm_eval_command(entry: str = "lm_eval") -> list[str]:
 
 def run_lm_eval(args: list[str], entry: str = "lm_eval", check: bool = True, **env: str) -> subprocess.CompletedProcess:
     """Run lm_eval in a subprocess, offline; on unexpected failure show its output."""
-    proc = subprocess.run(
-        [*lm_eval_command(entry), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **OFFLINE, **env},
-        timeout=600,
-    )
+    with tempfile.TemporaryDirectory() as cache:  # a fresh instruction cache unless the test gives one
+        proc = subprocess.run(
+            [*lm_eval_command(entry), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **OFFLINE, "LM_EVAL_PROMPTOPT_CACHE": cache, **env},
+            timeout=600,
+        )
     if check and proc.returncode != 0:
         raise AssertionError(f"lm_eval exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
     return proc

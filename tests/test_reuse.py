@@ -1,0 +1,85 @@
+"""Reuse: the instruction cache (hit, miss, refresh, corruption) and --optimized_prompts (transfer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import load_results, needs_shared_data, run_lm_eval
+
+pytestmark = needs_shared_data
+TASK = "bbh_cot_zeroshot_boolean_expressions"
+
+
+def run(local_tasks: Path, out: Path, cache: Path, extra: str = ""):
+    proc = run_lm_eval(
+        [
+            "--model", "oracle", "--include_path", str(local_tasks), "--tasks", TASK,
+            "--optimize", "candidates", "--optimize_args", f"candidates=Be quick.|Focus on boolean_expressions.{extra}",
+            "--optimize_cache", str(cache), "--output_path", str(out),
+        ],
+        entry="oracle_cli",
+    )
+    return load_results(out)["prompt_optimization"]["tasks"][TASK], proc
+
+
+def test_cache_hit_miss_refresh_and_corruption(local_tasks: Path, tmp_path: Path):
+    cache = tmp_path / "cache"
+    first, _ = run(local_tasks, tmp_path / "1", cache)
+    assert first["source"] == "search" and first["evaluations"] == 3
+    entry = Path(first["cache_entry"])
+    assert entry.parent == cache and json.loads(entry.read_text())["key"]["task"] == TASK
+
+    hit, proc = run(local_tasks, tmp_path / "2", cache)
+    assert hit["source"] == "cache" and hit["cache_entry"] == str(entry)
+    assert hit["final_instruction"] == first["final_instruction"] == "Focus on boolean_expressions."
+    assert f"{TASK}: reusing the cached search" in proc.stdout
+    assert '"kind": "cache_hit"' in Path(hit["trajectory_file"]).read_text()
+
+    refreshed, _ = run(local_tasks, tmp_path / "3", cache, ",refresh=true")
+    assert refreshed["source"] == "search"
+
+    other_seed, _ = run(local_tasks, tmp_path / "4", cache, ",seed=7")
+    assert other_seed["source"] == "search" and other_seed["cache_entry"] != str(entry)
+
+    entry.write_text(entry.read_text()[:-40])  # a partial write
+    again, proc = run(local_tasks, tmp_path / "5", cache)
+    assert again["source"] == "search" and "ignoring corrupt cache entry" in proc.stderr
+    assert run(local_tasks, tmp_path / "6", cache)[0]["source"] == "cache"  # rewritten whole
+
+
+def test_optimized_prompts_transfer_to_another_model(local_tasks: Path, tiny_model: Path, tmp_path: Path):
+    """Prompts from one run (oracle) evaluated, with no search, by another model (a real HF model)."""
+    first, _ = run(local_tasks, tmp_path / "search", tmp_path / "cache")
+    prompts = Path(first["trajectory_file"]).parents[1] / "optimized_prompts.json"
+    assert json.loads(prompts.read_text()) == {TASK: "Focus on boolean_expressions."}
+    out = tmp_path / "transfer"
+    run_lm_eval(
+        [
+            "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
+            "--include_path", str(local_tasks), "--tasks", TASK, "--optimized_prompts", str(prompts),
+            "--limit", "2", "--gen_kwargs", "max_gen_toks=4", "--log_samples", "--output_path", str(out),
+        ]
+    )
+    results = load_results(out)
+    task = results["prompt_optimization"]["tasks"][TASK]
+    assert task["source"] == "given" and task["final_instruction"] == "Focus on boolean_expressions."
+    assert task["evaluations"] == 0 and results["n-samples"][TASK]["effective"] == 2
+    (samples,) = out.glob("*/samples_*.jsonl")
+    assert json.loads(samples.read_text().splitlines()[0])["arguments"]["gen_args_0"]["arg_0"].startswith(
+        "Focus on boolean_expressions.\n\n"
+    )
+
+
+def test_optimized_prompts_errors(local_tasks: Path, tmp_path: Path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text(json.dumps({"task": "other_task", "instruction": "x"}) + "\n")
+    proc = run_lm_eval(
+        ["--model", "oracle", "--include_path", str(local_tasks), "--tasks", TASK, "--optimized_prompts", str(jsonl)],
+        entry="oracle_cli", check=False,
+    )
+    assert proc.returncode == 2 and f"--optimized_prompts has no instruction for: {TASK}" in proc.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_text("not json")
+    proc = run_lm_eval(["--model", "oracle", "--tasks", TASK, "--optimized_prompts", str(bad)], entry="oracle_cli", check=False)
+    assert proc.returncode == 2 and "neither JSON" in proc.stderr and "Traceback" not in proc.stderr
