@@ -185,4 +185,16 @@ def main(argv: list[str] | None = None) -> None:
 
         cli_evaluate()
 
+    @group.command("show", help="Print per-task instructions, scores, stop reasons and cost of a run; write its plot.")
+    @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    def show(run_dir: Path) -> None:
+        from .report import describe, plot_dev_scores
+
+        path = run_dir / "prompt_optimization.json"
+        if not path.is_file():
+            raise click.ClickException(f"{run_dir} has no prompt_optimization.json: pass a run's prompt_optimization_<date> folder")
+        section = json.loads(path.read_text(encoding="utf-8"))
+        click.echo(describe(section))
+        click.echo(f"plot: {plot_dev_scores(section, run_dir / 'dev_scores.png')}")
+
     group.main(args=argv, prog_name="lm-eval-promptopt")

@@ -25,7 +25,7 @@ from .objective import Objective, TaskSplits, primary_metric, quiet_harness
 from .optimizers.base import Optimizer, Problem
 from .options import RunOptions
 from .prompting import Placement, bind_instruction, detect_placement
-from .report import SCHEMA_VERSION, Trajectory, comparison_rows, format_table, write_json
+from .report import SCHEMA_VERSION, Trajectory, comparison_rows, format_table, plot_dev_scores, write_json
 from .splits import SplitPlan, plan_splits
 from .store import InstructionCache, digest, model_identity
 
@@ -290,6 +290,7 @@ class OptimizeRun:
         write_json(self.run_dir / "prompt_optimization.json", self.section())
         if self.comparison is not None:
             (self.run_dir / "baseline_vs_optimized.md").write_text(format_table(self.comparison) + "\n", encoding="utf-8")
+        plot_dev_scores(self.section(), self.run_dir / "dev_scores.png")
 
     def summary(self) -> str:
         """What to print after lm-eval's own tables."""
@@ -300,7 +301,7 @@ class OptimizeRun:
             scores = "" if o.final_dev_score is None else f"dev {o.initial_dev_score:.4f} -> {o.final_dev_score:.4f}  "
             origin = {"cache": " (cached search)", "given": " (given)"}.get(o.source, "")
             lines.append(f"{o.task}: {scores}instruction{origin}: {o.final_instruction!r}")
-        lines.append(f"prompt optimization outputs: {self.run_dir} (prompt_optimization.json, optimized_prompts.json, trajectories/)")
+        lines.append(f"prompt optimization outputs: {self.run_dir} (prompt_optimization.json, optimized_prompts.json, trajectories/, dev_scores.png)")
         return "\n".join(lines)
 
 

@@ -75,3 +75,58 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{num(row['optimized'])} | {num(row['delta'], signed=True)} |"
         )
     return "\n".join(lines)
+
+
+def dev_curve(trajectory_file: str | Path) -> list[float]:
+    """The optimize-dev scores of a task's trajectory, in the order they were measured."""
+    path = Path(trajectory_file)
+    if not path.exists():
+        return []
+    entries = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return [e["score"] for e in entries if e.get("split") == "dev" and "score" in e]
+
+
+def plot_dev_scores(section: dict[str, Any], path: Path) -> Path:
+    """One line per task: the best optimize-dev score so far after each harness evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for task, outcome in section["tasks"].items():
+        scores = dev_curve(outcome["trajectory_file"])
+        if not scores:
+            continue
+        best = [max(scores[: i + 1]) for i in range(len(scores))]
+        steps = range(1, len(scores) + 1)
+        (line,) = ax.plot(steps, best, drawstyle="steps-post", label=task)
+        ax.scatter(steps, scores, s=12, color=line.get_color(), alpha=0.5)
+    ax.set_xlabel("harness evaluation on optimize-dev (in search order)")
+    ax.set_ylabel("dev score (dots: each candidate; line: best so far)")
+    ax.set_title(f"{section['optimizer']}: optimize-dev score per step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def describe(section: dict[str, Any]) -> str:
+    """Per task: instruction, dev scores, stop reason, origin and cost."""
+    lines = [f"optimizer: {section['optimizer']}  config: {json.dumps(section['optimizer_config'])}"]
+    for task, o in section["tasks"].items():
+        scores = "n/a" if o["final_dev_score"] is None else f"{o['initial_dev_score']:.4f} -> {o['final_dev_score']:.4f}"
+        counters = o.get("details", {}).get("counters") or {}
+        cost = f"{o['evaluations']} harness evaluations, {o['wall_time_s']:.1f} s" + "".join(f", {k} {v}" for k, v in counters.items())
+        lines += [
+            f"{task}",
+            f"  instruction: {o['final_instruction']!r}",
+            f"  dev score: {scores}  ({o['metric']})  stop: {o['stop_reason']}  source: {o.get('source', 'search')}",
+            f"  cost: {cost}",
+        ]
+    return "\n".join(lines)

@@ -92,6 +92,19 @@ def test_baseline_comparison_is_printed_and_saved(bbh_run):
     }
 
 
+def test_show_prints_the_run_and_writes_the_plot(bbh_run):
+    results, _, _ = bbh_run
+    run_dir = Path(results["prompt_optimization"]["run_dir"])
+    (run_dir / "dev_scores.png").unlink()
+    proc = run_lm_eval(["show", str(run_dir)], entry="lm-eval-promptopt")
+    assert "instruction: 'Focus on snarks.'" in proc.stdout
+    assert "dev score: 0.0000 -> 1.0000  (exact_match,flexible-extract)  stop: completed" in proc.stdout
+    assert "4 harness evaluations" in proc.stdout
+    assert (run_dir / "dev_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = run_lm_eval(["show", str(run_dir.parent)], entry="lm-eval-promptopt", check=False)
+    assert missing.returncode != 0 and "has no prompt_optimization.json" in missing.stderr
+
+
 def test_mmlu_group_and_gsm8k_splits_and_scores(local_tasks: Path, tmp_path: Path):
     """MMLU optimizes on validation and aggregates its group; GSM8k avoids its few-shot exemplars."""
     subjects = ["anatomy", "astronomy", "virology"]
