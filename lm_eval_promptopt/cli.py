@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import PromptOptError
+from .errors import PromptOptError, StageError
 
 PLUGIN_KEYS = ("optimize", "optimize_args", "optimize_cache", "optimized_prompts")
 
@@ -74,9 +74,9 @@ def add_argument_group(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _error(message: str) -> None:
+def _error(message: str, code: int = 2) -> None:
     print(f"lm_eval: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 @contextlib.contextmanager
@@ -128,10 +128,10 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
                 stock_execute(args)
             except ValueError as err:
                 if str(err).startswith("Tasks not found"):
-                    raise PromptOptError(f"{err} (list tasks with `lm_eval ls tasks`; add task folders with --include_path)") from None
+                    raise StageError("task load", f"{err} (list tasks with `lm_eval ls tasks`; add task folders with --include_path)") from None
                 raise
     except PromptOptError as err:
-        _error(str(err))
+        _error(str(err), err.exit_code)
     print(run.summary())
 
 

@@ -9,9 +9,11 @@ lm-eval's tracker then saves and prints as usual.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import random
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import __version__
-from .errors import PromptOptError
+from .errors import PromptOptError, StageError
 from .objective import Objective, TaskSplits, primary_metric, quiet_harness
 from .optimizers.base import Optimizer, Problem
 from .options import RunOptions
@@ -142,10 +144,11 @@ class OptimizeRun:
         }
         initial = self.initial_instruction(kw)
         self.run_dir = default_run_dir(kw)
-        lm = build_lm(kw)
-        task_manager = kw["task_manager"]
-        loaded = task_manager.load(kw["tasks"])
-        apply_task_overrides(loaded["tasks"], kw)
+        with self._phase("model load"):
+            lm = build_lm(kw)
+        with self._phase("task load"):
+            loaded = kw["task_manager"].load(kw["tasks"])
+            apply_task_overrides(loaded["tasks"], kw)
         placement = detect_placement(lm, kw.get("apply_chat_template", False))
         eval_kwargs = {
             "apply_chat_template": kw.get("apply_chat_template", False),
@@ -158,14 +161,30 @@ class OptimizeRun:
                 raise PromptOptError(f"--optimized_prompts has no instruction for: {', '.join(missing)}; add them or drop those tasks")
         heldout: dict[str, list[int]] = {}
         metrics: dict[str, str] = {}
+        failures: dict[str, str] = {}
         bar = tqdm(loaded["tasks"].items(), desc=f"optimize ({self.optimizer_cls.name})", unit="task")
         for name, task in bar:
             bar.set_postfix_str(name)
-            outcome, plan = self._optimize_task(name, task, lm, loaded, placement, initial, kw, eval_kwargs)
+            try:
+                outcome, plan = self._optimize_task(name, task, lm, loaded, placement, initial, kw, eval_kwargs)
+            except PromptOptError:
+                raise
+            except Exception as err:  # one task's failure must not lose the others' finished searches
+                failures[name] = f"{type(err).__name__}: {err}"
+                self._log_error(f"search of {name}")
+                continue
             self.outcomes.append(outcome)
             metrics[name] = outcome.metric
             heldout[name] = list(plan.heldout.indices)
+            self._write_outputs(plot=False)
         bar.close()
+        if failures:
+            names = ", ".join(f"{task} ({why})" for task, why in failures.items())
+            raise StageError(
+                "optimizer",
+                f"search failed for {names}; the other tasks' searches are in {self.run_dir} and in the "
+                f"instruction cache, so a rerun repeats only the failed ones (traceback: {self.run_dir / 'error.log'})",
+            )
 
         limit = kw.get("limit")
         samples = {name: _limited(indices, limit) for name, indices in heldout.items()}
@@ -188,7 +207,8 @@ class OptimizeRun:
             bind_instruction(loaded["tasks"][outcome.task], outcome.final_instruction, placement)
 
         final_kw = dict(kw, model=lm, tasks=root_items(loaded), samples=samples, limit=None, system_instruction=None, use_cache=None)
-        results = stock(**final_kw)
+        with self._phase("evaluation"):
+            results = stock(**final_kw)
         if results is None:  # not the main process
             return None
         if isinstance(kw["model"], str):  # name the model as a stock run does, not the LM class
@@ -271,6 +291,24 @@ class OptimizeRun:
             "evaluation": {k: eval_kwargs[k] for k in ("apply_chat_template", "fewshot_as_multiturn")},
         }
 
+    @contextlib.contextmanager
+    def _phase(self, phase: str):
+        """Turn an unexpected exception in `phase` into a one-line StageError (traceback to error.log)."""
+        try:
+            yield
+        except PromptOptError:
+            raise
+        except Exception as err:
+            log = self._log_error(phase)
+            raise StageError(phase, f"{type(err).__name__}: {err} (traceback: {log})") from err
+
+    def _log_error(self, what: str) -> Path:
+        log = self.run_dir / "error.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as handle:
+            handle.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} {what}\n{traceback.format_exc()}\n")
+        return log
+
     def section(self) -> dict[str, Any]:
         """The `prompt_optimization` section of the results JSON."""
         return {
@@ -285,12 +323,13 @@ class OptimizeRun:
             **({"baseline_vs_optimized": self.comparison} if self.comparison is not None else {}),
         }
 
-    def _write_outputs(self) -> None:
+    def _write_outputs(self, plot: bool = True) -> None:
         write_json(self.run_dir / "optimized_prompts.json", {o.task: o.final_instruction for o in self.outcomes})
         write_json(self.run_dir / "prompt_optimization.json", self.section())
         if self.comparison is not None:
             (self.run_dir / "baseline_vs_optimized.md").write_text(format_table(self.comparison) + "\n", encoding="utf-8")
-        plot_dev_scores(self.section(), self.run_dir / "dev_scores.png")
+        if plot and self.outcomes:
+            plot_dev_scores(self.section(), self.run_dir / "dev_scores.png")
 
     def summary(self) -> str:
         """What to print after lm-eval's own tables."""

@@ -9,11 +9,14 @@ accuracy moves only through the instruction, and every number can be predicted f
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import lm_eval.models  # noqa: F401  (register the built-in models first: lm-eval registry gotcha)
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+
+from lm_eval_promptopt.optimizers import OptimizationResult, Optimizer, Problem, register_optimizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -90,3 +93,13 @@ class Oracle(LM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         return [-1.0 for _ in requests]
+
+
+@register_optimizer("flaky")
+class Flaky(Optimizer):
+    """Test optimizer: keeps the initial instruction, but crashes on the task named by $FLAKY_FAIL_ON."""
+
+    def optimize(self, problem: Problem) -> OptimizationResult:
+        if problem.task_name == os.environ.get("FLAKY_FAIL_ON"):
+            raise RuntimeError(f"search crashed on {problem.task_name}")
+        return OptimizationResult(problem.initial_instruction)

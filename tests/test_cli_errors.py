@@ -11,8 +11,8 @@ import pytest
 from conftest import OFFLINE, run_lm_eval
 
 
-def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr[-3000:]
+def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
+    assert proc.returncode == code, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     for needle in needles:
         assert needle in proc.stderr, proc.stderr[-3000:]
@@ -21,7 +21,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--optimize", "bogus"], ["unknown optimizer 'bogus'; available: candidates, greater, none"]),
+        (["--optimize", "bogus"], ["unknown optimizer 'bogus'; available: candidates, gpo, greater, none"]),
         (["--optimize", "none", "--optimize_args", "seed"], ["'seed' is not of the form key=value"]),
         (["--optimize", "none", "--optimize_args", "stepz=3"], ["unknown key(s) stepz", "valid keys:"]),
         (["--optimize", "candidates"], ["exactly one of file=PATH or candidates"]),
@@ -36,7 +36,17 @@ def test_bad_arguments_fail_before_loading_anything(args, needles):
 
 def test_unknown_task_is_a_clear_error():
     proc = run_lm_eval(["--model", "hf", "--tasks", "no_such_task_xyz", "--optimize", "none"], check=False)
-    assert_clean_error(proc, "Tasks not found: no_such_task_xyz", "lm_eval ls tasks")
+    assert_clean_error(proc, "task load failed: Tasks not found: no_such_task_xyz", "lm_eval ls tasks", code=4)
+
+
+def test_model_load_failure_is_one_line_with_its_exit_code(tmp_path):
+    proc = run_lm_eval(
+        ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'missing'}", "--device", "cpu",
+         "--tasks", "mmlu_anatomy", "--optimize", "none", "--output_path", str(tmp_path)],
+        check=False,
+    )
+    assert_clean_error(proc, "model load failed:", "error.log", code=3)
+    assert "Traceback" in next(tmp_path.glob("*/prompt_optimization_*/error.log")).read_text()
 
 
 FAKE_VERSION = """

@@ -83,3 +83,19 @@ def test_optimized_prompts_errors(local_tasks: Path, tmp_path: Path):
     bad.write_text("not json")
     proc = run_lm_eval(["--model", "oracle", "--tasks", TASK, "--optimized_prompts", str(bad)], entry="oracle_cli", check=False)
     assert proc.returncode == 2 and "neither JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_failed_search_keeps_the_others(local_tasks: Path, tmp_path: Path):
+    """Exit code 5, one line; the finished search is written and cached, and a rerun reuses it."""
+    cache, tasks = tmp_path / "cache", f"{TASK},bbh_cot_zeroshot_navigate"
+    args = ["--model", "oracle", "--include_path", str(local_tasks), "--tasks", tasks, "--optimize", "flaky",
+            "--optimize_cache", str(cache), "--output_path", str(tmp_path / "out")]  # fmt: skip
+    proc = run_lm_eval(args, entry="oracle_cli", check=False, FLAKY_FAIL_ON="bbh_cot_zeroshot_navigate")
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr
+    assert "optimizer failed: search failed for bbh_cot_zeroshot_navigate (RuntimeError: search crashed" in proc.stderr
+    (run_dir,) = (tmp_path / "out").glob("*/prompt_optimization_*")
+    assert list(json.loads((run_dir / "prompt_optimization.json").read_text())["tasks"]) == [TASK]
+    assert "search crashed on bbh_cot_zeroshot_navigate" in (run_dir / "error.log").read_text()
+    assert len(list(cache.glob("*.json"))) == 1
+    rerun = run_lm_eval(args, entry="oracle_cli")
+    assert f"{TASK}: reusing the cached search" in rerun.stdout
