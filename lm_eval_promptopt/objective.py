@@ -84,13 +84,20 @@ class TaskSplits:
         return {i for i, doc in enumerate(self.task_for(split).eval_docs) if doc_key(doc) in keys}
 
 
+def group_metric(group: Any) -> str | None:
+    """`metric,filter` that a group aggregates first, or None for a group without aggregation."""
+    if not group.aggregate_metric_list:
+        return None
+    agg = group.aggregate_metric_list[0]
+    filters = agg.filter_list if isinstance(agg.filter_list, list) else [agg.filter_list]
+    return f"{agg.metric},{filters[0]}"
+
+
 def primary_metric(task_name: str, task: Any, groups: dict[str, Any]) -> str:
     """`metric,filter` that the task's group aggregates, else the task's first metric and filter."""
     for group in groups.values():
-        if task_name in getattr(group, "child_names", ()) and group.aggregate_metric_list:
-            agg = group.aggregate_metric_list[0]
-            filters = agg.filter_list if isinstance(agg.filter_list, list) else [agg.filter_list]
-            return f"{agg.metric},{filters[0]}"
+        if task_name in getattr(group, "child_names", ()) and group_metric(group):
+            return group_metric(group)
     metric = task.config.metric_list[0]["metric"]
     filters = task.config.filter_list or []
     return f"{metric},{filters[0]['name'] if filters else 'none'}"

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .errors import PromptOptError, StageError
-from .objective import Objective, TaskSplits, primary_metric, quiet_harness
+from .objective import Objective, TaskSplits, group_metric, primary_metric, quiet_harness
 from .optimizers.base import Optimizer, Problem
 from .options import RunOptions
 from .prompting import Placement, bind_instruction, detect_placement
@@ -188,11 +188,7 @@ class OptimizeRun:
 
         limit = kw.get("limit")
         samples = {name: _limited(indices, limit) for name, indices in heldout.items()}
-        for group_name, group in loaded["groups"].items():
-            if group.aggregate_metric_list:
-                agg = group.aggregate_metric_list[0]
-                filters = agg.filter_list if isinstance(agg.filter_list, list) else [agg.filter_list]
-                metrics[group_name] = f"{agg.metric},{filters[0]}"
+        metrics.update({name: group_metric(g) for name, g in loaded["groups"].items() if group_metric(g)})
 
         baseline = None
         if self.options.compare_baseline:
