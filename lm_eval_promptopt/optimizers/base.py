@@ -96,7 +96,7 @@ def register_optimizer(name: str) -> Callable[[type[Optimizer]], type[Optimizer]
 
 
 # Built-in optimizers by module, imported on first use (greater pulls in torch).
-_BUILTIN = {"none": "simple", "candidates": "simple", "greater": "greater"}
+_BUILTIN = {"none": "simple", "candidates": "simple", "greater": "greater", "gpo": "gpo"}
 
 
 def available_optimizers() -> list[str]:

@@ -1,0 +1,286 @@
+"""Optimizer-LLM clients: an OpenAI-compatible chat endpoint, or the evaluated lm-eval model itself.
+
+Both send one user message and return `n` sampled completions. Every request and its response
+(or error) is passed to a `log` callback, in request order, with a stable `request_key` (a hash
+of the request): for audit, and so that a resume can find the answers it already paid for.
+The API key is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from .errors import StageError
+
+Log = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Usage:
+    """What the optimizer LLM was asked for, summed over a run."""
+
+    requests: int = 0
+    retries: int = 0
+    completions: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class OptimizerLLM(Protocol):
+    """Samples completions of a single user message."""
+
+    backend: str
+    model: str
+    usage: Usage
+
+    def sample(self, prompt: str, n: int, *, temperature: float, max_tokens: int, seed: int) -> list[str]:
+        """`n` completions of the user message `prompt` (fewer only if the model returns fewer)."""
+        ...
+
+
+class OptimizerLLMError(StageError):
+    """The optimizer LLM failed for good (after retries, or with a non-retryable error).
+
+    An optimizer-phase failure (exit code 5) that stops the run at once: other tasks would only
+    wait on the same failing endpoint. `detail` is the message without the phase prefix."""
+
+    def __init__(self, detail: str, status: int | None = None) -> None:
+        super().__init__("optimizer", detail)
+        self.detail = detail
+        self.status = status
+
+
+def request_key(request: dict[str, Any]) -> str:
+    """A stable id of a request (model, messages, sampling settings, seed)."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+class _Failed(Exception):
+    def __init__(self, record: dict[str, Any], message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.record = record
+        self.status = status
+
+
+class OpenAIChat:
+    """Any OpenAI-compatible `/v1/chat/completions` endpoint, through the `openai` package.
+
+    `n` samples are asked for in one request with `n=`; an endpoint that returns fewer choices
+    (many local servers ignore `n`) or refuses `n` > 1 (HTTP 400) gets the rest as separate `n=1`
+    requests, `concurrency` at a time, with seeds `seed+1, seed+2, ...` (`seed, ...` after a
+    refusal), and from then on only such requests. Rate limits (429),
+    408/409, server errors (5xx), timeouts and connection errors are retried up to `max_retries`
+    times, waiting what the server's `Retry-After` asks, else `backoff * 2**attempt` seconds
+    (at most `max_backoff`); any other error ends the run at once.
+    """
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        concurrency: int = 8,
+        log: Log | None = None,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        import openai
+
+        self.model = model
+        self.base_url = base_url
+        self._secret = api_key
+        # The client's own retries are off: this class retries, bounded and logged.
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=0)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.concurrency = concurrency
+        self.log = log or (lambda entry: None)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.sleep = sleep
+        self.supports_n: bool | None = None
+        self.usage = Usage()
+        self._lock = threading.Lock()
+
+    def sample(self, prompt: str, n: int, *, temperature: float, max_tokens: int, seed: int) -> list[str]:
+        messages = [{"role": "user", "content": prompt}]
+        texts: list[str] = []
+        if self.supports_n is not False:
+            try:
+                got = self._logged([(messages, n, temperature, max_tokens, seed)])[0]
+            except OptimizerLLMError as err:
+                if n == 1 or err.status != 400:
+                    raise
+                got = []  # the endpoint refuses n > 1: one request per sample
+            texts += got[:n]
+            if n > 1:
+                self.supports_n = len(got) >= n
+        missing = n - len(texts)
+        if missing > 0:
+            start = seed + len(texts)
+            calls = [(messages, 1, temperature, max_tokens, start + i) for i in range(missing)]
+            for got in self._logged(calls):
+                texts += got[:1] or [""]
+        return texts
+
+    def _logged(self, calls: list[tuple]) -> list[list[str]]:
+        """Run requests (concurrently), log each in order, raise the first failure after logging."""
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(calls)))) as pool:
+            futures = [pool.submit(self._request, *call) for call in calls]
+        outcomes: list[list[str]] = []
+        failure: _Failed | None = None
+        for future in futures:
+            try:
+                texts, record = future.result()
+                outcomes.append(texts)
+            except _Failed as err:
+                record, failure = err.record, failure or err
+            self.log(record)
+        if failure is not None:
+            raise OptimizerLLMError(str(failure), failure.status)
+        return outcomes
+
+    def _request(self, messages: list[dict], n: int, temperature: float, max_tokens: int, seed: int) -> tuple[list[str], dict]:
+        request = {"model": self.model, "messages": messages, "n": n, "temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+        record: dict[str, Any] = {
+            "kind": "optimizer_call",
+            "backend": self.backend,
+            "base_url": self.base_url,
+            "request_key": request_key(request),
+            "request": request,
+            "attempts": [],
+        }
+        start = time.perf_counter()
+        for attempt in range(self.max_retries + 1):
+            with self._lock:
+                self.usage.requests += 1
+            try:
+                response = self.client.chat.completions.create(**request)
+            except Exception as err:  # noqa: BLE001 (every failure is logged; only transient ones are retried)
+                failure = self._describe(err)
+                record["attempts"].append({"error": failure})
+                if not self._retryable(err) or attempt == self.max_retries:
+                    record["error"] = failure
+                    record["seconds"] = round(time.perf_counter() - start, 3)
+                    tried = f"after {attempt + 1} attempt(s)" if self._retryable(err) else "(not retryable)"
+                    where = self.base_url or "the OpenAI API"
+                    message = f"optimizer model {self.model!r} at {where} failed {tried}: {failure}"
+                    raise _Failed(record, message, getattr(err, "status_code", None)) from None
+                wait = self._wait(err, attempt)
+                record["attempts"][-1]["wait_s"] = wait
+                with self._lock:
+                    self.usage.retries += 1
+                self.sleep(wait)
+                continue
+            choices = sorted(response.choices or [], key=lambda c: c.index)
+            texts = [(c.message.content or "") for c in choices]
+            usage = response.usage
+            tokens = {"prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0, "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
+            with self._lock:
+                self.usage.completions += len(texts)
+                self.usage.prompt_tokens += tokens["prompt_tokens"]
+                self.usage.completion_tokens += tokens["completion_tokens"]
+            record["response"] = {
+                "texts": texts,
+                "finish_reasons": [c.finish_reason for c in choices],
+                "usage": tokens,
+                "model": getattr(response, "model", None),
+            }
+            record["seconds"] = round(time.perf_counter() - start, 3)
+            return texts, record
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _retryable(err: Exception) -> bool:
+        import openai
+
+        if isinstance(err, openai.APIConnectionError):  # includes APITimeoutError
+            return True
+        status = getattr(err, "status_code", None)
+        return isinstance(err, openai.APIStatusError) and (status in (408, 409, 429) or (status or 0) >= 500)
+
+    def _wait(self, err: Exception, attempt: int) -> float:
+        headers = getattr(getattr(err, "response", None), "headers", None) or {}
+        for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+            try:
+                return min(max(float(headers[name]) * scale, 0.0), self.max_backoff)
+            except (KeyError, TypeError, ValueError):
+                continue
+        return min(self.backoff * 2**attempt, self.max_backoff)
+
+    def _describe(self, err: Exception) -> str:
+        status = getattr(err, "status_code", None)
+        text = f"{type(err).__name__}" + (f" (HTTP {status})" if status else "") + f": {err}"
+        text = " ".join(text.split())[:500]
+        return text.replace(self._secret, "***") if self._secret else text
+
+
+class SelfLM:
+    """The evaluated model as the optimizer: generation through the lm-eval `LM` object.
+
+    The meta-prompt goes through the model's chat template when the run uses one. Sampling is
+    seeded with `torch.manual_seed(seed)` inside a forked RNG, so the run's global RNG state is
+    left as it was and the same seed gives the same samples.
+    """
+
+    backend = "self"
+
+    def __init__(self, lm: Any, *, chat_template: bool = False, log: Log | None = None) -> None:
+        self.lm = getattr(lm, "lm", lm)  # bypass --use_cache's CachingLM: it would repeat one sample
+        self.chat_template = chat_template and hasattr(self.lm, "apply_chat_template")
+        inner = getattr(self.lm, "_model", None) or getattr(self.lm, "model", None)
+        self.model = str(getattr(getattr(inner, "config", None), "name_or_path", "") or type(self.lm).__name__)
+        self.log = log or (lambda entry: None)
+        self.usage = Usage()
+
+    def _tokens(self, text: str) -> int:
+        encode = getattr(self.lm, "tok_encode", None)
+        try:
+            return len(encode(text)) if encode else 0
+        except Exception:  # noqa: BLE001 (counting is informative only)
+            return 0
+
+    def sample(self, prompt: str, n: int, *, temperature: float, max_tokens: int, seed: int) -> list[str]:
+        import torch
+        from lm_eval.api.instance import Instance
+
+        context = self.lm.apply_chat_template([{"role": "user", "content": prompt}]) if self.chat_template else prompt
+        gen_kwargs = {"until": [], "max_gen_toks": max_tokens, "do_sample": temperature > 0, "temperature": temperature}
+        requests = [Instance("generate_until", {}, (context, dict(gen_kwargs)), i) for i in range(n)]
+        start = time.perf_counter()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            texts = [str(t) for t in self.lm.generate_until(requests, disable_tqdm=True)]
+        tokens = {"prompt_tokens": self._tokens(context) * n, "completion_tokens": sum(self._tokens(t) for t in texts)}
+        self.usage.requests += 1
+        self.usage.completions += len(texts)
+        self.usage.prompt_tokens += tokens["prompt_tokens"]
+        self.usage.completion_tokens += tokens["completion_tokens"]
+        request = {"model": self.model, "context": context, "n": n, "gen_kwargs": gen_kwargs, "seed": seed}
+        self.log(
+            {
+                "kind": "optimizer_call",
+                "backend": self.backend,
+                "request_key": request_key(request),
+                "request": request,
+                "response": {"texts": texts, "usage": tokens},
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
+        return texts

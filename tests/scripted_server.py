@@ -1,0 +1,158 @@
+"""A small deterministic OpenAI-compatible `/v1/chat/completions` server for tests.
+
+It listens on 127.0.0.1 on an ephemeral port in a daemon thread, records every request body,
+and answers each choice with `respond(body, sample)`, where `sample` is `seed + choice index`
+(so one request with `n=8` and eight `n=1` requests with seeds `s..s+7` get the same answers).
+Failures can be scripted: `failures` is consumed one per request (an HTTP status such as 429
+or 500, None for a normal answer, or "hang" to reply only after `hang_s` seconds, past the
+client's timeout); `fail_always` answers every request with that status. `honour_n=False`
+answers one choice whatever `n` asks (like many local servers); `reject_n=True` refuses `n` > 1
+with HTTP 400. It stops on leaving the `with` block,
+or by itself after `lifetime_s` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+Respond = Callable[[dict[str, Any], int], str]
+
+
+def current_and_budget(prompt: str) -> tuple[str, int | None]:
+    """The current instruction and the word budget stated in a GPO meta-prompt."""
+    current = prompt.split("The current prompt is:\n", 1)[-1].split("\n\n", 1)[0] if "The current prompt is:\n" in prompt else ""
+    budget = re.search(r"change at most (\d+) words", prompt)
+    return current, int(budget.group(1)) if budget else None
+
+
+def edit_toward(target: str) -> Respond:
+    """Edit the current instruction toward `target` by e = 1 + sample % 6 words, at most the
+    budget: the first e words of the target, then the current words after position e."""
+
+    def respond(body: dict[str, Any], sample: int) -> str:
+        current, budget = current_and_budget(body["messages"][-1]["content"])
+        edits = 1 + sample % 6
+        if budget is not None:
+            edits = min(edits, budget)
+        words = target.split()[:edits] + current.split()[edits:]
+        return f"Here is a better prompt:\n<START>{' '.join(words)}<END>"
+
+    return respond
+
+
+class ScriptedServer:
+    def __init__(
+        self,
+        respond: Respond | None = None,
+        *,
+        failures: list[int | str] | tuple = (),
+        fail_always: int | None = None,
+        honour_n: bool = True,
+        reject_n: bool = False,
+        hang_s: float = 1.5,
+        retry_after: str | None = "0",
+        lifetime_s: float = 300.0,
+    ) -> None:
+        self.respond = respond or edit_toward("Focus on the task.")
+        self.failures = list(failures)
+        self.fail_always = fail_always
+        self.honour_n = honour_n
+        self.reject_n = reject_n
+        self.hang_s = hang_s
+        self.retry_after = retry_after
+        self.lifetime_s = lifetime_s
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server.lock:
+                    server.requests.append({**body, "_authorization": self.headers.get("Authorization")})
+                    action = server.failures.pop(0) if server.failures else server.fail_always
+                if action == "hang":
+                    time.sleep(server.hang_s)
+                elif action is not None:
+                    # A 401 echoes the key it got, as some servers do: clients must not log it.
+                    reason = f"invalid key {self.headers.get('Authorization')}" if int(action) == 401 else "scripted"
+                    return self._send(int(action), {"error": {"message": f"failure {action}: {reason}", "type": "scripted"}})
+                if not self.path.endswith("/chat/completions"):
+                    return self._send(404, {"error": {"message": "not found"}})
+                if server.reject_n and int(body.get("n") or 1) > 1:
+                    return self._send(400, {"error": {"message": "n must be 1", "type": "invalid_request_error"}})
+                n = int(body.get("n") or 1) if server.honour_n else 1
+                seed = int(body.get("seed") or 0)
+                texts = [server.respond(body, seed + i) for i in range(n)]
+                prompt_words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-{len(server.requests)}",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body.get("model", "scripted"),
+                        "choices": [
+                            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                            for i, t in enumerate(texts)
+                        ],
+                        "usage": {
+                            "prompt_tokens": prompt_words,
+                            "completion_tokens": sum(len(t.split()) for t in texts),
+                            "total_tokens": prompt_words + sum(len(t.split()) for t in texts),
+                        },
+                    },
+                )
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode("utf-8")
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    if status >= 400 and server.retry_after is not None:
+                        self.send_header("Retry-After", server.retry_after)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up (timeout): nothing to answer
+                    pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:  # quiet
+                pass
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._timer = threading.Timer(lifetime_s, self.stop)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def prompts(self) -> list[str]:
+        """The user message of every chat request received, in order."""
+        return [r["messages"][-1]["content"] for r in self.requests if r.get("messages")]
