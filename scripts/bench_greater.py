@@ -64,7 +64,7 @@ def main() -> None:
         print(f"| {s['step']} | " + " | ".join(cells) + " |")
     totals = details["counters"]
     print("| total | " + f"{details['search_seconds']:.2f} | " + " | ".join(str(totals.get(c, 0)) for c in COLUMNS[1:]) + " |")
-    print(f"per step (mean): " + ", ".join(f"{c} {sum(s['counters'].get(c, 0) for s in steps) / len(steps):.1f}" for c in REFERENCE))
+    print("per step (mean): " + ", ".join(f"{c} {sum(s['counters'].get(c, 0) for s in steps) / len(steps):.1f}" for c in REFERENCE))
     print("reference per step at N=50: " + ", ".join(f"{c} {v}" for c, v in REFERENCE.items()) + " (backwards at batch size 1, with weight gradients)")
     print(f"peak memory: {details['peak_memory_mb']} MB (process RSS on CPU, CUDA allocator peak on GPU)")
     print(f"weight gradients computed: {details['weight_gradients']}")
