@@ -34,10 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .store import cache_root
+from .testbed import CHAT_TEMPLATE
+
 _INSTALLED = Path(__file__).resolve().parent / "task_configs"  # as cli.task_configs_dir()
 TASK_DIR = (_INSTALLED if _INSTALLED.is_dir() else Path(__file__).resolve().parent.parent / "task_configs") / "planted"
 DATA_DIR = TASK_DIR / "data"
-CACHE_ENV = "LM_EVAL_PROMPTOPT_CACHE"
 VERSION = "planted-v1"
 
 OPS: tuple[str, ...] = ("first", "last", "largest", "smallest")
@@ -68,15 +70,6 @@ LENGTHS = (5, 6, 7)
 
 EOS = "<|end|>"
 SPECIAL_TOKENS = ["<s>", "<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", EOS]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('Unknown role: ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
 MODEL_CONFIG: dict[str, int] = {
     "hidden_size": 128,
     "intermediate_size": 384,
@@ -402,17 +395,13 @@ def settings_hash() -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lm_eval_promptopt")
-
-
 def planted_model(cache_dir: str | Path | None = None, seed: int = 0) -> Path:
     """The cached trained model dir (``{cache}/planted-v1-{hash}-seed{seed}``), trained once if missing.
 
     Trains into a temporary sibling and renames it into place, so a crash never leaves a
     half-written model; a concurrent trainer that finishes first wins.
     """
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"{VERSION}-{settings_hash()}-seed{seed}"
     if (final / "config.json").is_file():
         return final

@@ -21,11 +21,16 @@ logger = logging.getLogger(__name__)
 ENV_CACHE = "LM_EVAL_PROMPTOPT_CACHE"
 
 
-def default_cache_dir() -> Path:
+def cache_root() -> Path:
+    """Where the plugin caches things: $LM_EVAL_PROMPTOPT_CACHE, else ~/.cache/lm_eval_promptopt."""
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "lm_eval_promptopt" / "instructions"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lm_eval_promptopt"
+
+
+def default_cache_dir() -> Path:
+    """The instruction cache's default folder."""
+    return cache_root() / "instructions"
 
 
 def _stable(value: Any) -> str:
