@@ -6,12 +6,17 @@ The model is trained once (a few minutes on 2 CPU cores) into the cache
 
 from __future__ import annotations
 
+import glob
 import json
+import random
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-
 from conftest import REPO, load_results, run_lm_eval
+from scripted_server import ScriptedServer, current_and_budget
+
 from lm_eval_promptopt import planted
 from lm_eval_promptopt.planted import KEYWORDS, NEUTRAL_INSTRUCTIONS, OPS, TASK_DIR
 
@@ -97,3 +102,105 @@ def test_candidates_optimizer_finds_the_planted_keyword(planted_dir: Path, tmp_p
         assert section["tasks"][task]["final_instruction"] == instruction
         assert rows[task]["baseline"] <= 0.45 and rows[task]["optimized"] >= 0.90, json.dumps(rows[task])
         assert results["results"][task][planted.METRIC] == rows[task]["optimized"]
+
+
+#: What the scripted optimizer LLM writes with: filler plus every op's keywords (right and wrong ones).
+PLANTED_VOCAB = (*planted.FILLER, *(word for words in KEYWORDS.values() for word in words))
+#: The planted model is tiny: one torch thread is fastest, and on a busy 2-core machine two threads
+#: spin against the other jobs (generation measured 50-100x slower).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def planted_edits(body: dict[str, Any], sample: int) -> str:
+    """A blind, deterministic optimizer LLM: replace 1 to min(3, budget) words of the current prompt by
+    words of PLANTED_VOCAB, drawn with a seed made of the sample index and the current prompt. Some
+    proposals hold the task's keyword, some another op's, most none: only dev scores tell them apart."""
+    current, budget = current_and_budget(body["messages"][-1]["content"])
+    rng = random.Random(f"{sample}:{current}")
+    words = current.split()
+    end = "." if words and words[-1].endswith(".") else ""
+    words = [w.rstrip(".").lower() for w in words] or [rng.choice(PLANTED_VOCAB)]
+    edits = rng.randint(1, min(3, budget or 3))
+    for position in rng.sample(range(len(words)), min(edits, len(words))):
+        words[position] = rng.choice(PLANTED_VOCAB)
+    return f"A better prompt:\n<START>{' '.join(words)}{end}<END>"
+
+
+def trajectory_log(out: Path, task: str) -> list[dict]:
+    (path,) = glob.glob(str(out / "**" / "trajectories" / f"{task}.jsonl"), recursive=True)
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def test_gpo_with_a_scripted_server_finds_the_planted_keyword(planted_dir: Path, tmp_path: Path):
+    """Real `lm_eval --optimize gpo` on the planted model, with a scripted OpenAI-compatible optimizer
+    that edits blindly within the word budget: GPO's dev-score feedback must keep a keyword of the
+    task's op, and held-out accuracy (all 200 test docs per task) must jump from chance to ~100 %.
+    With a filler-only vocabulary (or other ops' keywords only) no proposal leaves chance: this fails.
+
+    Measured (2 busy CPU cores, seed 0, 3 steps, budgets 2/1/1, 8 samples per step, train/dev 8/24,
+    200 held-out docs per task): planted_largest 0.345 -> 1.000 ("Please answer the biggest."),
+    planted_first 0.350 -> 1.000 ("First answer the question."), both found at step 1 (dev 1.0);
+    21-34 s for the whole test (the lm_eval run, both tasks, baseline included)."""
+    ops = {"planted_largest": "largest", "planted_first": "first"}
+    # 8 train docs in batches of 8 (the default) for 3 epochs: 3 steps; budgets 2, 1, 1 words.
+    settings = f"instruction={NEUTRAL},retrieval=recency,train_size=8,dev_size=24,epochs=3,budget_start=3,budget_end=1"
+    started = time.perf_counter()
+    with ScriptedServer(planted_edits, lifetime_s=600) as server:
+        proc = run_lm_eval(
+            [
+                "--model", "hf", "--model_args", f"pretrained={planted_dir}", "--device", "cpu", "--batch_size", "32",
+                "--include_path", str(REPO / "task_configs" / "planted"), "--tasks", ",".join(ops),
+                "--optimize", "gpo",
+                "--optimize_args", f"optimizer_model=scripted,optimizer_base_url={server.url},compare_baseline=true,{settings}",
+                "--output_path", str(tmp_path),
+            ],
+            OPENAI_API_KEY="sk-planted",
+            **ONE_THREAD,
+        )  # fmt: skip
+    wall = time.perf_counter() - started
+    results = load_results(tmp_path)
+    section = results["prompt_optimization"]
+    rows = {row["name"]: row for row in section["baseline_vs_optimized"]}
+    for task, op in ops.items():
+        outcome, row = section["tasks"][task], rows[task]
+        print(f"{task}: held-out {row['baseline']:.3f} -> {row['optimized']:.3f} with {outcome['final_instruction']!r}")
+        assert outcome["initial_instruction"] == NEUTRAL and outcome["details"]["steps"] == 3
+        assert outcome["details"]["budgets"] == [2, 1, 1]
+        assert row["baseline"] <= 0.45 and row["optimized"] >= 0.90, json.dumps([row, outcome["details"]["trajectory"]])
+        assert planted.instruction_op(outcome["final_instruction"]) == op
+        assert results["results"][task][planted.METRIC] == row["optimized"]
+        assert results["n-samples"][task]["effective"] >= 100  # the held-out docs behind the claim
+        steps = [e for e in trajectory_log(tmp_path, task) if e.get("kind") == "gpo_step"]
+        assert [s["budget"] for s in steps] == [2, 1, 1]
+        assert all(c["word_edits"] <= s["budget"] for s in steps for c in s["candidates"])  # within budget
+    assert sorted(current_and_budget(p)[1] for p in server.prompts()) == [1, 1, 1, 1, 2, 2]
+    assert all(r["_authorization"] == "Bearer sk-planted" for r in server.requests)
+    assert "prompt optimization outputs:" in proc.stdout
+    print(f"gpo on the planted model: {wall:.1f} s wall for {len(ops)} tasks")
+
+
+def test_gpo_optimizer_model_self_runs_end_to_end_on_the_planted_model(planted_dir: Path, tmp_path: Path):
+    """`optimizer_model=self`: the planted model writes the proposals. It cannot write instructions,
+    so this only checks that the run completes and records its outcome (no efficacy claim).
+    max_tokens stays small: the model's context is 512 tokens (GPO's default 512 leaves no room)."""
+    task = "planted_smallest"
+    settings = f"optimizer_model=self,retrieval=recency,instruction={NEUTRAL},train_size=8,dev_size=8,epochs=1,samples=2"
+    run_lm_eval(
+        [
+            "--model", "hf", "--model_args", f"pretrained={planted_dir}", "--device", "cpu", "--batch_size", "32",
+            "--include_path", str(REPO / "task_configs" / "planted"), "--tasks", task,
+            "--optimize", "gpo", "--optimize_args", f"{settings},max_tokens=16",
+            "--limit", "20", "--output_path", str(tmp_path),
+        ],
+        **ONE_THREAD,
+    )  # fmt: skip
+    results = load_results(tmp_path)
+    outcome = results["prompt_optimization"]["tasks"][task]
+    details = outcome["details"]
+    assert details["optimizer"]["backend"] == "self" and details["optimizer"]["usage"]["completions"] == 2
+    assert details["steps"] == 1 and len(details["trajectory"]) == 2
+    assert outcome["final_instruction"] in {e["instruction"] for e in details["trajectory"]}
+    assert outcome["final_dev_score"] is not None
+    (call,) = [e for e in trajectory_log(tmp_path, task) if e.get("kind") == "optimizer_call"]
+    assert call["request"]["gen_kwargs"]["do_sample"] is True and len(call["response"]["texts"]) == 2
+    assert isinstance(results["results"][task][planted.METRIC], float)
