@@ -27,6 +27,9 @@ class Usage:
     """What the optimizer LLM was asked for, summed over a run."""
 
     requests: int = 0
+    """Requests sent (retries included)."""
+    replayed: int = 0
+    """Requests answered from the log of an interrupted run of the same search (not sent again)."""
     retries: int = 0
     completions: int = 0
     prompt_tokens: int = 0
@@ -65,6 +68,18 @@ def request_key(request: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
+def replay(record: dict[str, Any], logged: dict[str, Any], usage: Usage) -> list[str]:
+    """Answer a request from an earlier run's logged response: count it, and mark the record."""
+    response = logged["response"]
+    tokens = response.get("usage") or {}
+    usage.replayed += 1
+    usage.completions += len(response["texts"])
+    usage.prompt_tokens += tokens.get("prompt_tokens", 0)
+    usage.completion_tokens += tokens.get("completion_tokens", 0)
+    record.update(response=response, replayed=True, seconds=0.0)
+    return list(response["texts"])
+
+
 class _Failed(Exception):
     def __init__(self, record: dict[str, Any], message: str, status: int | None) -> None:
         super().__init__(message)
@@ -81,7 +96,8 @@ class OpenAIChat:
     refusal), and from then on only such requests. Rate limits (429),
     408/409, server errors (5xx), timeouts and connection errors are retried up to `max_retries`
     times, waiting what the server's `Retry-After` asks, else `backoff * 2**attempt` seconds
-    (at most `max_backoff`); any other error ends the run at once.
+    (at most `max_backoff`); any other error ends the run at once. A request whose key is in
+    `replay` is answered from there and not sent.
     """
 
     backend = "openai"
@@ -96,6 +112,7 @@ class OpenAIChat:
         max_retries: int = 5,
         concurrency: int = 8,
         log: Log | None = None,
+        replay: dict[str, dict] | None = None,
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -111,6 +128,8 @@ class OpenAIChat:
         self.max_retries = max_retries
         self.concurrency = concurrency
         self.log = log or (lambda entry: None)
+        self.replay = replay or {}
+        """Responses already paid for, by request key (a resumed search): answered, not sent."""
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.sleep = sleep
@@ -166,6 +185,9 @@ class OpenAIChat:
             "request": request,
             "attempts": [],
         }
+        if record["request_key"] in self.replay:
+            with self._lock:
+                return replay(record, self.replay[record["request_key"]], self.usage), record
         start = time.perf_counter()
         for attempt in range(self.max_retries + 1):
             with self._lock:
@@ -241,12 +263,15 @@ class SelfLM:
 
     backend = "self"
 
-    def __init__(self, lm: Any, *, chat_template: bool = False, log: Log | None = None) -> None:
+    def __init__(
+        self, lm: Any, *, chat_template: bool = False, log: Log | None = None, replay: dict[str, dict] | None = None
+    ) -> None:
         self.lm = getattr(lm, "lm", lm)  # bypass --use_cache's CachingLM: it would repeat one sample
         self.chat_template = chat_template and hasattr(self.lm, "apply_chat_template")
         inner = getattr(self.lm, "_model", None) or getattr(self.lm, "model", None)
         self.model = str(getattr(getattr(inner, "config", None), "name_or_path", "") or type(self.lm).__name__)
         self.log = log or (lambda entry: None)
+        self.replay = replay or {}
         self.usage = Usage()
 
     def _tokens(self, text: str) -> int:
@@ -262,6 +287,13 @@ class SelfLM:
 
         context = self.lm.apply_chat_template([{"role": "user", "content": prompt}]) if self.chat_template else prompt
         gen_kwargs = {"until": [], "max_gen_toks": max_tokens, "do_sample": temperature > 0, "temperature": temperature}
+        request = {"model": self.model, "context": context, "n": n, "gen_kwargs": gen_kwargs, "seed": seed}
+        key = request_key(request)
+        if key in self.replay:
+            record = {"kind": "optimizer_call", "backend": self.backend, "request_key": key, "request": request}
+            texts = replay(record, self.replay[key], self.usage)
+            self.log(record)
+            return texts
         requests = [Instance("generate_until", {}, (context, dict(gen_kwargs)), i) for i in range(n)]
         start = time.perf_counter()
         with torch.random.fork_rng():
@@ -272,12 +304,11 @@ class SelfLM:
         self.usage.completions += len(texts)
         self.usage.prompt_tokens += tokens["prompt_tokens"]
         self.usage.completion_tokens += tokens["completion_tokens"]
-        request = {"model": self.model, "context": context, "n": n, "gen_kwargs": gen_kwargs, "seed": seed}
         self.log(
             {
                 "kind": "optimizer_call",
                 "backend": self.backend,
-                "request_key": request_key(request),
+                "request_key": key,
                 "request": request,
                 "response": {"texts": texts, "usage": tokens},
                 "seconds": round(time.perf_counter() - start, 3),

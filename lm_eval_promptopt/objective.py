@@ -150,6 +150,14 @@ class Objective:
         fewshot_as_multiturn = self.eval_kwargs.get("fewshot_as_multiturn", False)
         return render(task, doc, instruction, self.placement, self.lm, fewshot_as_multiturn)
 
+    def preload(self, entries: list[dict[str, Any]]) -> None:
+        """Reuse the scores an interrupted run of this search recorded (they count as evaluations)."""
+        for e in entries:
+            key = (e.get("instruction"), e.get("split"))
+            if key[1] in ("train", "dev") and "score" in e and key not in self.memo:
+                self.memo[key] = float(e["score"])
+                self.evaluations += 1
+
     def score(self, instruction: str, split: str = "dev") -> float:
         key = (instruction, split)
         if key not in self.memo:

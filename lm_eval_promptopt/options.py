@@ -29,13 +29,22 @@ class RunOptions:
     metric: str | None = None
     """Objective as `metric,filter` (default: the metric the task's group aggregates)."""
     refresh: bool = False
-    """Search again even if the instruction cache has this search."""
+    """Search again even if the instruction cache or an interrupted run has this search."""
+    max_evals: int | None = None
+    """Stop a task's search after this many harness evaluations (checked between steps)."""
+    time_limit: float | None = None
+    """Stop a task's search after this many seconds (checked between steps)."""
+    patience: int | None = None
+    """Stop a task's search after this many steps in a row without a better step score."""
 
     def __post_init__(self) -> None:
         if self.train_size is not None and self.train_size < 0:
             raise ValueError(f"train_size must be 0 or more, got {self.train_size}")
         if self.dev_size is not None and self.dev_size < 1:
             raise ValueError(f"dev_size must be at least 1, got {self.dev_size}")
+        for name in ("max_evals", "time_limit", "patience"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be above 0 (leave it out for no limit), got {getattr(self, name)}")
         if self.metric is not None and "," not in self.metric:
             raise ValueError(f"metric must read `metric,filter` (e.g. exact_match,flexible-extract), got {self.metric!r}")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import random
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,12 +22,26 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import __version__
+from .control import Budget, Checkpoint, SearchControl
 from .errors import PromptOptError, StageError
-from .objective import Objective, TaskSplits, group_metric, primary_metric, quiet_harness
+from .objective import (
+    Objective,
+    TaskSplits,
+    group_metric,
+    primary_metric,
+    quiet_harness,
+)
 from .optimizers.base import Optimizer, Problem
 from .options import RunOptions
 from .prompting import Placement, bind_instruction, detect_placement
-from .report import SCHEMA_VERSION, Trajectory, comparison_rows, format_table, plot_dev_scores, write_json
+from .report import (
+    SCHEMA_VERSION,
+    Trajectory,
+    comparison_rows,
+    format_table,
+    plot_dev_scores,
+    write_json,
+)
 from .splits import SplitPlan, plan_splits
 from .store import InstructionCache, digest, model_identity
 
@@ -106,6 +120,32 @@ def default_run_dir(kw: dict[str, Any]) -> Path:
     return output / sanitize_model_name(model_name) / f"prompt_optimization_{stamp}"
 
 
+def find_interrupted_run(parent: Path, run_key: str) -> Path | None:
+    """The newest run folder under `parent` that the same command started and did not finish."""
+    for run in sorted(parent.glob("prompt_optimization_*"), reverse=True):
+        try:
+            info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if info.get("run_key") == run_key:
+            return run if info.get("status") != "complete" else None
+    return None
+
+
+def projected_cost_table(optimizer: Optimizer, plans: dict[str, SplitPlan]) -> str:
+    """What the searches will cost at most, per task and in total, printed before they start."""
+    lines = [f"lm_eval_promptopt: projected cost of the {optimizer.name} searches (upper bounds)",
+             "| task | train | dev | harness evaluations | model calls | optimizer calls |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    total = {"harness_evaluations": 0, "model_calls": 0, "optimizer_calls": 0}
+    for name, plan in plans.items():
+        n_train, n_dev = len(plan.train.indices), len(plan.dev.indices)
+        cost = optimizer.projected_cost(n_train, n_dev)
+        total = {k: total[k] + cost[k] for k in total}
+        lines.append(f"| {name} | {n_train} | {n_dev} | {cost['harness_evaluations']} | {cost['model_calls']} | {cost['optimizer_calls']} |")
+    lines.append(f"| total | | | {total['harness_evaluations']} | {total['model_calls']} | {total['optimizer_calls']} |")
+    return "\n".join(lines)
+
+
 @dataclass
 class OptimizeRun:
     """One `lm_eval ... --optimize NAME` invocation: its settings and, once run, its outcome."""
@@ -143,7 +183,12 @@ class OptimizeRun:
             **{name: kw.get(f"{name}_random_seed") for name in ("numpy", "torch", "fewshot")},
         }
         initial = self.initial_instruction(kw)
-        self.run_dir = default_run_dir(kw)
+        run_key = self._run_key(kw)
+        self.run_dir = None if self.options.refresh else find_interrupted_run(default_run_dir(kw).parent, run_key)
+        if self.run_dir is not None:
+            print(f"lm_eval_promptopt: resuming the interrupted run in {self.run_dir} (refresh=true starts afresh)")
+        self.run_dir = self.run_dir or default_run_dir(kw)
+        write_json(self.run_dir / "run.json", {"run_key": run_key, "status": "running"})
         with self._phase("model load"):
             lm = build_lm(kw)
         with self._phase("task load"):
@@ -162,11 +207,16 @@ class OptimizeRun:
         heldout: dict[str, list[int]] = {}
         metrics: dict[str, str] = {}
         failures: dict[str, str] = {}
+        plans = {name: self._plan(name, task, kw) for name, task in loaded["tasks"].items()}
+        optimizer = self.optimizer_cls(self.config)
+        if self.given_prompts is None:
+            print(projected_cost_table(optimizer, plans))
         bar = tqdm(loaded["tasks"].items(), desc=f"optimize ({self.optimizer_cls.name})", unit="task")
         for name, task in bar:
             bar.set_postfix_str(name)
+            plan = plans[name]
             try:
-                outcome, plan = self._optimize_task(name, task, lm, loaded, placement, initial, kw, eval_kwargs)
+                outcome = self._optimize_task(name, task, plan, optimizer, lm, loaded, placement, initial, kw, eval_kwargs)
             except PromptOptError:
                 raise
             except Exception as err:  # one task's failure must not lose the others' finished searches
@@ -213,48 +263,80 @@ class OptimizeRun:
             self.comparison = comparison_rows(baseline, results, metrics)
         results["prompt_optimization"] = self.section()
         self._write_outputs()
+        write_json(self.run_dir / "run.json", {"run_key": run_key, "status": "complete"})
         return results
 
-    def _optimize_task(self, name, task, lm, loaded, placement: Placement, initial, kw, eval_kwargs):
-        start = time.perf_counter()
+    def _run_key(self, kw: dict[str, Any]) -> str:
+        """What makes a rerun "the same command" (and so resumes an interrupted run)."""
+        keys = ("model", "model_args", "tasks", "num_fewshot", "gen_kwargs", "limit", "apply_chat_template",
+                "fewshot_as_multiturn", "system_instruction", "random_seed", "numpy_random_seed",
+                "torch_random_seed", "fewshot_random_seed")  # fmt: skip
+        return digest(
+            {
+                "command": {k: kw.get(k) for k in keys},
+                "optimizer": self.optimizer_cls.name,
+                "config": asdict(self.config),
+                "options": asdict(self.options),
+                "given": self.given_prompts,
+            }
+        )
+
+    def _plan(self, name: str, task: Any, kw: dict[str, Any]) -> SplitPlan:
         splits = TaskSplits(task)
         fewshot_seed = kw.get("fewshot_random_seed")
-        plan = plan_splits(
-            name,
-            task.config,
-            self.options,
-            splits.size,
-            lambda split: splits.fewshot_exemplars(split, fewshot_seed),
-        )
+        return plan_splits(name, task.config, self.options, splits.size, lambda split: splits.fewshot_exemplars(split, fewshot_seed))
+
+    def _optimize_task(self, name, task, plan: SplitPlan, optimizer: Optimizer, lm, loaded, placement: Placement, initial, kw, eval_kwargs):
         metric = self.options.metric or primary_metric(name, task, loaded["groups"])
-        trajectory = Trajectory(self.run_dir / "trajectories" / f"{name}.jsonl")
+        trajectory_path = self.run_dir / "trajectories" / f"{name}.jsonl"
         outcome = dict(task=name, metric=metric, placement=placement.name, plan=plan.as_dict(), initial_instruction=initial)
         if self.given_prompts is not None:
+            trajectory = Trajectory(trajectory_path)
             trajectory.append({"kind": "given", "instruction": self.given_prompts[name]})
             outcome.update(final_instruction=self.given_prompts[name], source="given", initial_dev_score=None, final_dev_score=None)
-            return TaskOutcome(**outcome, stop_reason="given", evaluations=0, wall_time_s=0.0, trajectory_file=str(trajectory.path)), plan
+            return TaskOutcome(**outcome, stop_reason="given", evaluations=0, wall_time_s=0.0, trajectory_file=str(trajectory_path))
         key = self._cache_key(name, task, lm, kw, plan, placement, initial, metric, eval_kwargs)
+        checkpoint = Checkpoint(self.run_dir / "state" / f"{name}.json", digest(key))
+        saved = checkpoint.load() or {}
+        if "outcome" in saved:  # finished before the interruption
+            print(f"lm_eval_promptopt: {name}: search finished in the interrupted run; reusing it")
+            return TaskOutcome(**saved["outcome"])
         cached = None if self.cache is None or self.options.refresh else self.cache.lookup(key)
         if cached is not None:
+            trajectory = Trajectory(trajectory_path)
             entry = str(self.cache.path(key))
             trajectory.append({"kind": "cache_hit", "cache_entry": entry, "instruction": cached["final_instruction"]})
             print(f"lm_eval_promptopt: {name}: reusing the cached search {entry} (refresh=true searches again)")
             kept = {k: cached[k] for k in ("final_instruction", "initial_dev_score", "final_dev_score", "stop_reason", "evaluations", "wall_time_s", "details")}
-            return TaskOutcome(**outcome, **kept, trajectory_file=str(trajectory.path), source="cache", cache_entry=entry), plan
+            return TaskOutcome(**outcome, **kept, trajectory_file=str(trajectory_path), source="cache", cache_entry=entry)
+        resumed = "search" in saved
+        trajectory = Trajectory(trajectory_path, resume=resumed)
         objective = Objective(
             task_name=name,
-            splits=splits,
+            splits=TaskSplits(task),
             plan=plan,
             lm=lm,
             placement=placement,
             metric=metric,
-            fewshot_seed=fewshot_seed,
+            fewshot_seed=kw.get("fewshot_random_seed"),
             eval_kwargs=eval_kwargs,
             record=trajectory.append,
         )
-        problem = Problem(name, lm, plan, objective, initial, self.options.seed)
+        previous = list(trajectory.entries) if resumed else []
+        objective.preload(previous)
+        opts = self.options
+        control = SearchControl(
+            Budget(opts.max_evals, opts.time_limit, opts.patience),
+            evaluations=lambda: objective.evaluations,
+            checkpoint=checkpoint,
+            previous=previous,
+        )
+        if resumed:
+            print(f"lm_eval_promptopt: {name}: resuming after step {control.steps_done} ({checkpoint.path})")
+            trajectory.append({"kind": "resumed", "after_step": control.steps_done})
+        problem = Problem(name, lm, plan, objective, initial, opts.seed, control)
         initial_score = problem.score(initial, "dev")
-        result = self.optimizer_cls(self.config).optimize(problem)
+        result = optimizer.optimize(problem)
         searched = TaskOutcome(
             **outcome,
             final_instruction=result.instruction,
@@ -262,13 +344,14 @@ class OptimizeRun:
             final_dev_score=problem.score(result.instruction, "dev"),
             stop_reason=result.stop_reason,
             evaluations=objective.evaluations,
-            wall_time_s=round(time.perf_counter() - start, 3),
-            trajectory_file=str(trajectory.path),
+            wall_time_s=round(control.elapsed(), 3),
+            trajectory_file=str(trajectory_path),
             details=result.details,
         )
         if self.cache is not None:
             searched.cache_entry = str(self.cache.save(key, asdict(searched)))
-        return searched, plan
+        checkpoint.save({"outcome": asdict(searched)})
+        return searched
 
     def _cache_key(self, name, task, lm, kw, plan: SplitPlan, placement: Placement, initial, metric, eval_kwargs) -> dict[str, Any]:
         """Everything that can change a search's result."""

@@ -22,13 +22,23 @@ def write_json(path: Path, data: Any) -> None:
 
 
 class Trajectory:
-    """Every candidate a search scored, appended to `<run_dir>/trajectories/<task>.jsonl`."""
+    """Every candidate a search scored, appended to `<run_dir>/trajectories/<task>.jsonl`.
 
-    def __init__(self, path: Path) -> None:
+    With `resume`, the entries already in the file are kept (a torn last line is dropped) and
+    new ones follow them; otherwise the file starts empty.
+    """
+
+    def __init__(self, path: Path, resume: bool = False) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("", encoding="utf-8")
         self.entries: list[dict[str, Any]] = []
+        if resume and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.entries.append(json.loads(line))
+                except ValueError:
+                    break  # written up to a kill
+        path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries), encoding="utf-8")
 
     def append(self, entry: dict[str, Any]) -> None:
         entry = {"index": len(self.entries), **entry}

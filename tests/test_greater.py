@@ -53,7 +53,7 @@ def explicit_loss(model, opt: Greater, prompt, pos, reasoning, slot: torch.Tenso
     weight = model.get_input_embeddings().weight
     total = 0.0
     for i, ex in enumerate(opt.examples):
-        seq = ex.prefix + opt.fixed + prompt + ex.rest + reasoning[i] + ex.answer
+        seq = ex.prefix + opt.fixed + prompt + ex.rest + reasoning[i] + ex.extractor + ex.answer
         embeds = weight[torch.tensor(seq)].detach().clone()
         start = len(ex.prefix) + len(opt.fixed)
         embeds[start + pos] = slot

@@ -86,7 +86,8 @@ def test_optimized_prompts_errors(local_tasks: Path, tmp_path: Path):
 
 
 def test_a_failed_search_keeps_the_others(local_tasks: Path, tmp_path: Path):
-    """Exit code 5, one line; the finished search is written and cached, and a rerun reuses it."""
+    """Exit code 5, one line; the finished search is written and cached; a rerun resumes the run and
+    reuses it, and another run finds it in the cache."""
     cache, tasks = tmp_path / "cache", f"{TASK},bbh_cot_zeroshot_navigate"
     args = ["--model", "oracle", "--include_path", str(local_tasks), "--tasks", tasks, "--optimize", "flaky",
             "--optimize_cache", str(cache), "--output_path", str(tmp_path / "out")]  # fmt: skip
@@ -97,5 +98,10 @@ def test_a_failed_search_keeps_the_others(local_tasks: Path, tmp_path: Path):
     assert list(json.loads((run_dir / "prompt_optimization.json").read_text())["tasks"]) == [TASK]
     assert "search crashed on bbh_cot_zeroshot_navigate" in (run_dir / "error.log").read_text()
     assert len(list(cache.glob("*.json"))) == 1
-    rerun = run_lm_eval(args, entry="oracle_cli")
-    assert f"{TASK}: reusing the cached search" in rerun.stdout
+    rerun = run_lm_eval(args, entry="oracle_cli")  # the same command: resumes that run, reuses the finished search
+    assert f"resuming the interrupted run in {run_dir}" in rerun.stdout
+    assert f"{TASK}: search finished in the interrupted run; reusing it" in rerun.stdout
+    assert len(list((tmp_path / "out").glob("*/prompt_optimization_*"))) == 1
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    elsewhere = [*args[:-1], str(tmp_path / "out2")]
+    assert f"{TASK}: reusing the cached search" in run_lm_eval(elsewhere, entry="oracle_cli").stdout

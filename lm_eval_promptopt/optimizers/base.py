@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from ..control import SearchControl
 from ..errors import PromptOptError
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class Problem:
     objective: Objective
     initial_instruction: str
     seed: int
+    control: SearchControl = field(default_factory=SearchControl)
+    """Budget, stop conditions and per-step checkpoints (see `control.py`)."""
 
     def score(self, instruction: str, split: Split = "dev") -> float:
         """The task's primary metric for `instruction` on `split`, through lm-eval (memoized)."""
@@ -78,6 +81,12 @@ class Optimizer(abc.ABC):
 
     @abc.abstractmethod
     def optimize(self, problem: Problem) -> OptimizationResult: ...
+
+    def projected_cost(self, n_train: int, n_dev: int) -> dict[str, int]:
+        """Upper bounds of the search's cost before it starts: `harness_evaluations` (each over
+        `n_dev` docs), `model_calls` (requests to the evaluated model, harness ones included) and
+        `optimizer_calls` (completions from a separate optimizer LLM)."""
+        return {"harness_evaluations": 1, "model_calls": n_dev, "optimizer_calls": 0}
 
 
 _REGISTRY: dict[str, type[Optimizer]] = {}

@@ -19,8 +19,10 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
+
+from tqdm.auto import tqdm
 
 from ..errors import PromptOptError
 from ..llm import OpenAIChat, OptimizerLLM, OptimizerLLMError, SelfLM
@@ -67,6 +69,10 @@ class GPOConfig:
     """Candidates sampled per step."""
     max_tokens: int = 512
     """New tokens per optimizer completion."""
+    steps: int | None = None
+    """Number of steps (default: set by `epochs` and `batch`, as in the paper)."""
+    max_optimizer_tokens: int | None = None
+    """Stop the search once the optimizer LLM has used this many tokens (prompt + completion)."""
     epochs: int = 3
     """Passes over optimize-train; with `batch` they set the number of steps."""
     batch: int = 8
@@ -107,6 +113,9 @@ class GPOConfig:
         for name in ("samples", "max_tokens", "epochs", "batch", "k", "concurrency", "budget_end"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("steps", "max_optimizer_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (leave it out for no limit), got {getattr(self, name)}")
         for name in ("warmup", "exemplars", "max_retries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -327,7 +336,7 @@ class GPO(Optimizer):
         cfg: GPOConfig = self.config
         if cfg.optimizer_model == "self":
             chat = bool(getattr(getattr(problem.objective, "placement", None), "chat_template", False))
-            return SelfLM(problem.lm, chat_template=chat, log=problem.record)
+            return SelfLM(problem.lm, chat_template=chat, log=problem.record, replay=problem.control.replayed_calls())
         return OpenAIChat(
             cfg.optimizer_model,
             base_url=cfg.optimizer_base_url,
@@ -336,13 +345,25 @@ class GPO(Optimizer):
             max_retries=cfg.max_retries,
             concurrency=cfg.concurrency,
             log=problem.record,
+            replay=problem.control.replayed_calls(),
         )
+
+    def projected_cost(self, n_train: int, n_dev: int) -> dict[str, int]:
+        cfg: GPOConfig = self.config
+        steps = cfg.steps or total_steps(n_train, cfg.epochs, cfg.batch)
+        evals = 1 + steps * cfg.samples  # the initial instruction, then each new candidate once
+        optimizer = steps * cfg.samples
+        return {
+            "harness_evaluations": evals,
+            "model_calls": evals * n_dev + (optimizer if cfg.optimizer_model == "self" else 0),
+            "optimizer_calls": 0 if cfg.optimizer_model == "self" else optimizer,
+        }
 
     def optimize(self, problem: Problem) -> OptimizationResult:
         cfg: GPOConfig = self.config
         started = time.perf_counter()
         train = problem.docs("train")
-        steps = total_steps(len(train), cfg.epochs, cfg.batch)
+        steps = cfg.steps or total_steps(len(train), cfg.epochs, cfg.batch)
         if steps < 1:
             raise PromptOptError(
                 f"{problem.task_name}: gpo runs epochs x (train docs / batch, rounded) steps; {len(train)} train docs "
@@ -360,9 +381,32 @@ class GPO(Optimizer):
         trajectory = [Entry(initial, problem.score(initial, "dev"), 0)]
         seen = {initial}
         budgets: list[int | None] = []
+        if problem.control.resumed:  # continue after the interrupted run's last completed step
+            state = problem.control.resumed
+            trajectory = [Entry(**e) for e in state["trajectory"]]
+            seen, budgets = set(state["seen"]), list(state["budgets"])
+            for name, value in state["usage"].items():
+                setattr(llm.usage, name, value)
+        stop_reason = "completed"
         try:
-            for t in range(1, steps + 1):
+            bar = tqdm(range(len(trajectory), steps + 1), desc=f"gpo {problem.task_name}", unit="step", leave=False)
+            for t in bar:
                 budgets.append(self.step(problem, llm, embed, trajectory, seen, exemplars, t, steps))
+                used = llm.usage.prompt_tokens + llm.usage.completion_tokens
+                over = cfg.max_optimizer_tokens is not None and used >= cfg.max_optimizer_tokens
+                state = {
+                    "trajectory": [asdict(e) for e in trajectory],
+                    "seen": sorted(seen),
+                    "budgets": budgets,
+                    "usage": llm.usage.as_dict(),
+                }
+                best_score = max(e.score for e in trajectory)
+                stop = problem.control.step_done(best_score, state, "max_optimizer_tokens" if over else None)
+                if stop and t < steps:
+                    stop_reason = stop
+                    break
+            else:
+                stop_reason = "steps" if cfg.steps else "completed"
         except OptimizerLLMError as err:
             problem.record({"kind": "gpo_stopped", "step": len(trajectory), "error": err.detail})
             raise OptimizerLLMError(
@@ -373,6 +417,7 @@ class GPO(Optimizer):
         best = max(trajectory, key=lambda e: (e.score, -e.step))
         return OptimizationResult(
             best.instruction,
+            stop_reason,
             details={
                 "steps": steps,
                 "retrieval": cfg.retrieval,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -71,6 +71,9 @@ class Example:
     rest: list[int]
     question: list[int]
     answer: list[int]
+    """Gold answer ids: the only tokens in the loss and the error (generative tasks)."""
+    extractor: list[int] = field(default_factory=list)
+    """Answer-extraction ids between the reasoning and the answer: context, not scored."""
     choices: list[list[int]] | None = None
     gold: int | None = None
 
@@ -263,8 +266,9 @@ def build_examples(problem: Problem, lm: Any, instruction: str, extractor: str) 
         else:
             target = problem.target(doc)
             gold_text = target.split("####")[-1].strip()
-            answer = tok.encode(f" {extractor} {gold_text}", add_special_tokens=False)
-            examples.append(Example(prefix, rest, question, answer))
+            extractor_ids = tok.encode(f" {extractor}", add_special_tokens=False)
+            answer = tok.encode(f" {gold_text}", add_special_tokens=False)
+            examples.append(Example(prefix, rest, question, answer, extractor_ids))
     return examples
 
 
@@ -276,6 +280,15 @@ class Greater(Optimizer):
     default_instruction = f"Use {INITIAL_PROMPT}"
     fixed_prefix = "Use"
 
+    def projected_cost(self, n_train: int, n_dev: int) -> dict[str, int]:
+        """Per step: a reasoning refresh and 3 scored candidates (generations), proposal and
+        gradient forwards, backwards; then the initial and the top-10 prompts on dev."""
+        cfg: GreaterConfig = self.config
+        batches = -(-n_train // cfg.batch_size)
+        per_step = (1 + CANDIDATES_SCORED) * n_train + n_train + 2 * batches + CANDIDATES_SCORED * batches
+        evals = 1 + TOP_KEPT
+        return {"harness_evaluations": evals, "model_calls": cfg.steps * per_step + evals * n_dev, "optimizer_calls": 0}
+
     def optimize(self, problem: Problem) -> OptimizationResult:
         started = time.perf_counter()
         prompt = self.prepare(problem)
@@ -286,17 +299,21 @@ class Greater(Optimizer):
             p.requires_grad_(False)
         lm.model.eval()
         try:
-            top, history = self._search(problem, prompt, rng)
+            top, history, stop_reason = self._search(problem, prompt, rng)
         finally:
             for p in params:
                 p.requires_grad_(True)
 
+        max_evals = problem.control.budget.max_evals
+        if max_evals is not None:  # the final choice spends what is left of the budget (at least one)
+            top = top[: max(1, max_evals - problem.objective.evaluations)]
         dev = [(problem.score(self.text(ids), "dev"), -crit, self.text(ids)) for crit, ids in top]
         best_dev, _, best = max(dev) if dev else (None, None, problem.initial_instruction)
         engine = self.engine
         peak = _peak_memory_mb(lm.device)
         return OptimizationResult(
             best,
+            stop_reason,
             details={
                 "proposal": cfg.proposal,
                 "extractor": None if self.multiple_choice else self.extractor,
@@ -350,15 +367,27 @@ class Greater(Optimizer):
         return [ex.prefix + self.fixed + prompt + ex.rest for ex in self.examples]
 
     # -- the loop --------------------------------------------------------------------------
-    def _search(self, problem: Problem, prompt: list[int], rng: random.Random) -> tuple[list, list]:
+    def _search(self, problem: Problem, prompt: list[int], rng: random.Random) -> tuple[list, list, str]:
         cfg: GreaterConfig = self.config
+        control = problem.control
         memo: dict[tuple[int, ...], Scored] = {}
-        initial_length, pos = len(prompt), 0
-        reasoning, reasoning_for = None, None
-        top: list[tuple[float, list[int]]] = []
-        history = []
-        skipped = 0
-        for step in tqdm(range(cfg.steps), desc=f"greater {problem.task_name}", unit="step", leave=False):
+        state: dict[str, Any] = {"step": 0, "prompt": prompt, "pos": 0, "top": [], "history": [], "skipped": 0}
+        initial_length = len(prompt)
+        if control.resumed:  # continue after the interrupted run's last completed step
+            state = dict(control.resumed)
+            version, internal, gauss = state.pop("rng")
+            rng.setstate((version, tuple(internal), gauss))
+            initial_length = state["initial_length"]
+            self.engine.counters.update(state["counters"])
+            for e in control.journal():
+                memo[tuple(e["ids"])] = Scored(e["criterion"], e["error"], e["nll"], e["reasoning"])
+        prompt, pos, skipped = list(state["prompt"]), state["pos"], state["skipped"]
+        top = [(c, list(ids)) for c, ids in state["top"]]
+        history = list(state["history"])
+        reasoning, reasoning_for = (memo[tuple(prompt)].reasoning, list(prompt)) if tuple(prompt) in memo else (None, None)
+        stop_reason = "steps"
+        steps = tqdm(range(state["step"], cfg.steps), desc=f"greater {problem.task_name}", unit="step", leave=False)
+        for step in steps:
             step_start, before = time.perf_counter(), dict(self.engine.counters)
             if reasoning_for != prompt:
                 reasoning = self.reasoning(prompt)
@@ -378,6 +407,7 @@ class Greater(Optimizer):
             todo = [ids for ids in chosen_ids if tuple(ids) not in memo]
             for ids, scored in zip(todo, self.score(todo)):
                 memo[tuple(ids)] = scored
+                control.log({"ids": ids, **asdict(scored)})
             best: list[int] | None = None
             for ids in chosen_ids:
                 if "." in self.tok.decode([ids[pos]]) and pos >= 0.5 * initial_length:
@@ -389,6 +419,7 @@ class Greater(Optimizer):
                 best = list(prompt)
                 if tuple(best) not in memo:
                     memo[tuple(best)] = self.score([best])[0]
+                    control.log({"ids": best, **asdict(memo[tuple(best)])})
             scored = memo[tuple(best)]
             entry = {
                 "step": step,
@@ -415,9 +446,24 @@ class Greater(Optimizer):
                     prompt = [*prompt, self.placeholder]
             if scored.criterion < RESTART_BELOW:
                 pos = 0
+            state = {
+                "step": step + 1,
+                "prompt": prompt,
+                "pos": pos,
+                "top": top,
+                "history": history,
+                "skipped": skipped,
+                "initial_length": initial_length,
+                "counters": dict(self.engine.counters),
+                "rng": rng.getstate(),
+            }
+            stop = control.step_done(-scored.criterion, state)
+            if stop and step + 1 < cfg.steps:
+                stop_reason = stop
+                break
         if skipped:
             history.append({"reencoding_skips": skipped})
-        return top, history
+        return top, history, stop_reason
 
     def reasoning(self, prompt: list[int]) -> list[list[int]]:
         if self.multiple_choice:
@@ -456,7 +502,7 @@ class Greater(Optimizer):
         """Full sequences, answer spans, prompt spans, and the example each row belongs to."""
         seqs, answers, prompts, owner = [], [], [], []
         for i, ex in enumerate(self.examples):
-            head = ex.prefix + self.fixed + prompt + ex.rest + reasoning[i]
+            head = ex.prefix + self.fixed + prompt + ex.rest + reasoning[i] + ex.extractor
             start = len(ex.prefix) + len(self.fixed)
             for piece in ex.choices if self.multiple_choice else [ex.answer]:
                 seqs.append(head + piece)

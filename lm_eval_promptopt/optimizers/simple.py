@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from .base import OptimizationResult, Optimizer, Problem, register_optimizer
 
 
@@ -47,7 +49,22 @@ class BestCandidate(Optimizer):
 
     config_class = CandidatesConfig
 
+    def projected_cost(self, n_train: int, n_dev: int) -> dict[str, int]:
+        evals = 1 + len(self.config.instructions())
+        return {"harness_evaluations": evals, "model_calls": evals * n_dev, "optimizer_calls": 0}
+
     def optimize(self, problem: Problem) -> OptimizationResult:
-        scored = [(problem.score(text, "dev"), -i, text) for i, text in enumerate(self.config.instructions())]
-        best_score, _, best = max(scored)
-        return OptimizationResult(best, details={"dev_scores": {t: s for s, _, t in scored}})
+        """One step per candidate; a resumed search re-reads the scores it already has."""
+        scored, reason = [], "completed"
+        texts = self.config.instructions()
+        done = (problem.control.resumed or {}).get("scored", 0)
+        for i, text in enumerate(tqdm(texts, desc=f"candidates {problem.task_name}", unit="step", leave=False)):
+            scored.append((problem.score(text, "dev"), -i, text))
+            if i < done:  # scored before the interruption (its score is replayed from the trajectory)
+                continue
+            stop = problem.control.step_done(scored[-1][0], {"scored": len(scored)})
+            if stop and i + 1 < len(texts):
+                reason = stop
+                break
+        _, _, best = max(scored)
+        return OptimizationResult(best, reason, details={"dev_scores": {t: s for s, _, t in scored}})
