@@ -286,8 +286,14 @@ class SelfLM:
         from lm_eval.api.instance import Instance
 
         context = self.lm.apply_chat_template([{"role": "user", "content": prompt}]) if self.chat_template else prompt
-        gen_kwargs = {"until": [], "max_gen_toks": max_tokens, "do_sample": temperature > 0, "temperature": temperature}
+        # lm-eval's HFLM needs max_gen_toks < max_length; keep at least half the context for the prompt.
+        max_length = getattr(self.lm, "max_length", None)
+        cap = max_length // 2 if isinstance(max_length, int) and max_length > 1 else None
+        max_gen_toks = min(max_tokens, cap) if cap is not None else max_tokens
+        gen_kwargs = {"until": [], "max_gen_toks": max_gen_toks, "do_sample": temperature > 0, "temperature": temperature}
         request = {"model": self.model, "context": context, "n": n, "gen_kwargs": gen_kwargs, "seed": seed}
+        if max_gen_toks < max_tokens:  # recorded only when it bites, so other requests keep their keys
+            request["max_tokens_capped"] = {"requested": max_tokens, "model_max_length": max_length}
         key = request_key(request)
         if key in self.replay:
             record = {"kind": "optimizer_call", "backend": self.backend, "request_key": key, "request": request}

@@ -1,54 +1,80 @@
-"""Demo: optimize-then-evaluate end to end, offline, on 2 CPU cores in a few minutes.
+"""Demo: optimize-then-evaluate on the planted-instruction benchmark, offline, in a few minutes on CPU.
 
-Builds the tiny test model and local-data task overrides (lm-eval's own BBH and MMLU task
-definitions, reading ../shared/data), then runs the stock `lm_eval` command with
-`--optimize candidates`, which picks the best of a few hand-written instructions per task on
-optimize-dev and evaluates it on the held-out docs, next to the baseline (no instruction).
-
-The tiny model is random, so the scores are near chance: the demo shows the pipeline and its
-outputs, not an improvement.
+Gets the planted model (trained once, about 2 minutes on 2 CPU cores, then cached; see
+lm_eval_promptopt/planted.py): a tiny LM whose answer depends on whether the instruction holds a
+keyword of the task's op ("largest", "first", ...). Without one it scores about a third. Then it
+runs the stock `lm_eval` command with `--optimize candidates`. That scores a few instructions per
+task on optimize-dev (neutral ones, the right keyword, other ops' keywords) and evaluates the best
+on the held-out docs next to the baseline (no instruction). It prints the baseline-vs-optimized
+table, then where the results, trajectories, chosen prompts and plot are.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from lm_eval_promptopt.testbed import build_tiny_model, write_local_task_overrides
+from lm_eval_promptopt import planted
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ["bbh_cot_zeroshot_boolean_expressions", "mmlu_anatomy", "mmlu_astronomy"]
-CANDIDATES = ["Think step by step.", "Answer with the single best option.", "Be careful and precise."]
+DEFAULT_OPS = ("largest", "first")
+
+
+def candidates() -> list[str]:
+    """Neutral instructions (no keyword), then one keyword instruction per op: right for one task, wrong for the others."""
+    return [*(i for i in planted.NEUTRAL_INSTRUCTIONS if i), *(planted.keyword_instruction(op, 1) for op in planted.OPS)]
+
+
+def newest_results(out: Path, since: float) -> Path | None:
+    """The results JSON lm-eval's tracker wrote under `out` during this run."""
+    files = [p for p in out.glob("**/results_*.json") if p.stat().st_mtime >= since]
+    return max(files, key=lambda p: p.stat().st_mtime) if files else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(REPO / "demo_output"), help="where the model, tasks and results go")
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="local benchmark data")
+    parser.add_argument("--out", default=str(REPO / "demo_output"), help="where the candidates file and results go")
+    parser.add_argument("--ops", default=",".join(DEFAULT_OPS), help=f"planted ops to run, of {', '.join(planted.OPS)}")
     args = parser.parse_args()
-    out, data = Path(args.out).resolve(), Path(args.data).resolve()
-    if not (data / "bbh").is_dir():
-        sys.exit(f"demo: benchmark data not found at {data}; pass --data DIR (a folder with bbh/ and mmlu/)")
+    out = Path(args.out).resolve()
+    ops = [op.strip() for op in args.ops.split(",") if op.strip()]
+    if not ops or not set(ops) <= set(planted.OPS):
+        sys.exit(f"demo: --ops takes a comma-separated list of {', '.join(planted.OPS)}")
 
-    model = out / "tiny_model"
-    if not (model / "config.json").is_file():
-        build_tiny_model(model, seed=0, data_dir=data)
-    tasks = write_local_task_overrides(out / "tasks", data, names=tuple(TASKS))
+    print("demo: the planted model (trained on the first run, about 2 minutes on 2 CPU cores, then cached) ...", flush=True)
+    model = planted.planted_model()
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = out / "candidates.txt"
+    prompts.write_text("\n".join(candidates()) + "\n", encoding="utf-8")
     command = [
         str(Path(sys.executable).with_name("lm_eval")),
-        "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu",
-        "--include_path", str(tasks), "--tasks", ",".join(TASKS),
-        "--gen_kwargs", "max_gen_toks=32",
-        "--optimize", "candidates",
-        "--optimize_args", f"candidates={'|'.join(CANDIDATES)},train_size=5,dev_size=10,compare_baseline=true",
+        "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu", "--batch_size", "32",
+        "--include_path", str(planted.TASK_DIR), "--tasks", ",".join(f"planted_{op}" for op in ops),
+        "--optimize", "candidates", "--optimize_args", f"file={prompts},compare_baseline=true",
         "--output_path", str(out / "results"),
     ]  # fmt: skip
-    print("$", " ".join(command), flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    sys.exit(subprocess.run(command, env=env).returncode)
+    print("$", shlex.join(command), flush=True)
+    # One torch thread: the model is tiny, and extra threads only spin on a busy machine.
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.time()
+    code = subprocess.run(command, check=False, env=env).returncode
+    if code != 0:
+        sys.exit(code)
+    results = newest_results(out / "results", started)
+    run_dir = Path(json.loads(results.read_text(encoding="utf-8"))["prompt_optimization"]["run_dir"]) if results else None
+    print(f"\ndemo: lm_eval finished in {time.time() - started:.0f} s")
+    print(f"demo: results JSON (lm-eval's, with a prompt_optimization section): {results}")
+    if run_dir is not None:
+        print(f"demo: trajectories (every instruction scored): {run_dir / 'trajectories'}/")
+        print(f"demo: chosen instruction per task: {run_dir / 'optimized_prompts.json'}")
+        print(f"demo: optimize-dev scores plot: {run_dir / 'dev_scores.png'}")
+        print(f"demo: baseline-vs-optimized table: {run_dir / 'baseline_vs_optimized.md'}")
 
 
 if __name__ == "__main__":

@@ -320,6 +320,21 @@ def test_self_lm_generates_through_the_lm_object_seeded():
     assert self_lm.usage.completions == 9 and self_lm.usage.prompt_tokens == 27
 
 
+def test_self_lm_caps_generation_to_half_the_model_context():
+    """GPO's default max_tokens=512 on a 512-position model (the planted one) would trip lm-eval's
+    'max tokens to generate must be less than the maximum sequence length' assertion."""
+    log: list = []
+    fake = FakeLM()
+    fake.max_length = 20
+    self_lm = SelfLM(fake, log=log.append)
+    self_lm.sample("write a prompt", 1, temperature=1.0, max_tokens=512, seed=0)
+    self_lm.sample("write a prompt", 1, temperature=1.0, max_tokens=8, seed=0)
+    assert [r.args[1]["max_gen_toks"] for r in fake.requests] == [10, 8]
+    assert log[0]["request"]["gen_kwargs"]["max_gen_toks"] == 10
+    assert log[0]["request"]["max_tokens_capped"] == {"requested": 512, "model_max_length": 20}
+    assert "max_tokens_capped" not in log[1]["request"]
+
+
 # -- the loop, in process -----------------------------------------------------------------------------
 
 
