@@ -117,8 +117,9 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
         if getattr(args, "cache_requests", None):
             raise PromptOptError("--cache_requests cannot be combined with --optimize: lm-eval's request cache ignores which docs are selected (lm-eval PR #4105)")
         include = [str(task_configs_dir())]
-        if getattr(args, "include_path", None):
-            include.append(args.include_path)
+        given_path = getattr(args, "include_path", None)
+        if given_path and not Path(given_path).resolve().is_relative_to(task_configs_dir().resolve()):
+            include.append(given_path)  # (ours are already included: twice would warn of duplicate tasks)
         args.include_path = include
         run = OptimizeRun(optimizer_cls, config, options, cache=None if given else cache, given_prompts=given)
         from lm_eval.evaluator import simple_evaluate as stock
@@ -132,7 +133,8 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
                 raise
     except PromptOptError as err:
         _error(str(err), err.exit_code)
-    print(run.summary())
+    if run.is_main:
+        print(run.summary())
 
 
 def load_prompts(path: Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import random
 import traceback
 from collections.abc import Callable
@@ -63,6 +64,8 @@ class TaskOutcome:
     source: str = "search"
     """`search`, `cache` (a cached search with the same key), or `given` (--optimized_prompts)."""
     cache_entry: str | None = None
+    process: int = 0
+    """Which process of an `accelerate launch` run searched this task (0 in a one-process run)."""
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,6 +123,60 @@ def default_run_dir(kw: dict[str, Any]) -> Path:
     return output / sanitize_model_name(model_name) / f"prompt_optimization_{stamp}"
 
 
+@dataclass
+class ProcessGroup:
+    """The processes of an `accelerate launch` / `torchrun` run (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def current(cls) -> ProcessGroup:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():  # (lm-eval's HFLM then shares this state)
+            from accelerate import PartialState
+
+            PartialState()
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    @property
+    def label(self) -> str:
+        return f" [process {self.rank + 1}/{self.size}]" if self.size > 1 else ""
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value`, on every process."""
+        if self.size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, value: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, value)
+        return out
+
+    @contextlib.contextmanager
+    def local(self, lm: Any):
+        """Make a data-parallel lm-eval model act as a single process (its own requests only)."""
+        inner = getattr(lm, "lm", lm)
+        saved = (getattr(inner, "_rank", None), getattr(inner, "_world_size", None))
+        if self.size > 1 and saved[1] not in (None, 1):
+            inner._rank, inner._world_size = 0, 1
+        try:
+            yield
+        finally:
+            if self.size > 1 and saved[1] not in (None, 1):
+                inner._rank, inner._world_size = saved
+
+
 def find_interrupted_run(parent: Path, run_key: str) -> Path | None:
     """The newest run folder under `parent` that the same command started and did not finish."""
     for run in sorted(parent.glob("prompt_optimization_*"), reverse=True):
@@ -159,6 +216,9 @@ class OptimizeRun:
     given_prompts: dict[str, str] | None = None
     run_dir: Path | None = None
     seeds: dict[str, int | None] = field(default_factory=dict)
+    is_main: bool = True
+    """False on the other processes of an `accelerate launch` run (they write no summary files)."""
+    process: int = 0
 
     def initial_instruction(self, kw: dict[str, Any]) -> str:
         if self.options.instruction is not None:
@@ -184,11 +244,15 @@ class OptimizeRun:
         }
         initial = self.initial_instruction(kw)
         run_key = self._run_key(kw)
-        self.run_dir = None if self.options.refresh else find_interrupted_run(default_run_dir(kw).parent, run_key)
-        if self.run_dir is not None:
-            print(f"lm_eval_promptopt: resuming the interrupted run in {self.run_dir} (refresh=true starts afresh)")
-        self.run_dir = self.run_dir or default_run_dir(kw)
-        write_json(self.run_dir / "run.json", {"run_key": run_key, "status": "running"})
+        group = ProcessGroup.current()
+        if group.rank == 0:
+            self.run_dir = None if self.options.refresh else find_interrupted_run(default_run_dir(kw).parent, run_key)
+            if self.run_dir is not None:
+                print(f"lm_eval_promptopt: resuming the interrupted run in {self.run_dir} (refresh=true starts afresh)")
+            self.run_dir = self.run_dir or default_run_dir(kw)
+            write_json(self.run_dir / "run.json", {"run_key": run_key, "status": "running"})
+        self.run_dir = group.broadcast(self.run_dir)
+        self.is_main, self.process = group.rank == 0, group.rank
         with self._phase("model load"):
             lm = build_lm(kw)
         with self._phase("task load"):
@@ -209,25 +273,33 @@ class OptimizeRun:
         failures: dict[str, str] = {}
         plans = {name: self._plan(name, task, kw) for name, task in loaded["tasks"].items()}
         optimizer = self.optimizer_cls(self.config)
-        if self.given_prompts is None:
+        if self.given_prompts is None and self.is_main:
             print(projected_cost_table(optimizer, plans))
-        bar = tqdm(loaded["tasks"].items(), desc=f"optimize ({self.optimizer_cls.name})", unit="task")
-        for name, task in bar:
-            bar.set_postfix_str(name)
-            plan = plans[name]
-            try:
-                outcome = self._optimize_task(name, task, plan, optimizer, lm, loaded, placement, initial, kw, eval_kwargs)
-            except PromptOptError:
-                raise
-            except Exception as err:  # one task's failure must not lose the others' finished searches
-                failures[name] = f"{type(err).__name__}: {err}"
-                self._log_error(f"search of {name}")
-                continue
-            self.outcomes.append(outcome)
-            metrics[name] = outcome.metric
-            heldout[name] = list(plan.heldout.indices)
-            self._write_outputs(plot=False)
+        mine = list(loaded["tasks"].items())[group.rank :: group.size]  # this process's shard of the searches
+        bar = tqdm(mine, desc=f"optimize ({self.optimizer_cls.name})" + group.label, unit="task", position=group.rank)
+        with group.local(lm):  # each process searches on its own model copy, without collectives
+            for name, task in bar:
+                bar.set_postfix_str(name)
+                try:
+                    outcome = self._optimize_task(name, task, plans[name], optimizer, lm, loaded, placement, initial, kw, eval_kwargs)
+                except PromptOptError:
+                    raise
+                except Exception as err:  # one task's failure must not lose the others' finished searches
+                    failures[name] = f"{type(err).__name__}: {err}"
+                    self._log_error(f"search of {name}")
+                    continue
+                self.outcomes.append(outcome)
+                if self.is_main:
+                    self._write_outputs(plot=False)
         bar.close()
+        if group.size > 1:  # every process gets every search's outcome, in task order
+            gathered = group.all_gather((self.outcomes, failures))
+            order = list(loaded["tasks"])
+            self.outcomes = sorted((o for outs, _ in gathered for o in outs), key=lambda o: order.index(o.task))
+            failures = {k: v for _, fails in gathered for k, v in fails.items()}
+        for outcome in self.outcomes:
+            metrics[outcome.task] = outcome.metric
+            heldout[outcome.task] = list(plans[outcome.task].heldout.indices)
         if failures:
             names = ", ".join(f"{task} ({why})" for task, why in failures.items())
             raise StageError(
@@ -240,6 +312,8 @@ class OptimizeRun:
         samples = {name: _limited(indices, limit) for name, indices in heldout.items()}
         metrics.update({name: group_metric(g) for name, g in loaded["groups"].items() if group_metric(g)})
 
+        if group.size > 1 and lm.world_size == 1 and not self.is_main:
+            return None  # the model is not data-parallel here (e.g. on CPU): the main process evaluates
         baseline = None
         if self.options.compare_baseline:
             for outcome in self.outcomes:
@@ -259,7 +333,7 @@ class OptimizeRun:
             return None
         if isinstance(kw["model"], str):  # name the model as a stock run does, not the LM class
             results["config"]["model"] = kw["model"]
-        if baseline is not None:
+        if baseline is not None and self.options.compare_baseline:
             self.comparison = comparison_rows(baseline, results, metrics)
         results["prompt_optimization"] = self.section()
         self._write_outputs()
@@ -289,7 +363,7 @@ class OptimizeRun:
     def _optimize_task(self, name, task, plan: SplitPlan, optimizer: Optimizer, lm, loaded, placement: Placement, initial, kw, eval_kwargs):
         metric = self.options.metric or primary_metric(name, task, loaded["groups"])
         trajectory_path = self.run_dir / "trajectories" / f"{name}.jsonl"
-        outcome = dict(task=name, metric=metric, placement=placement.name, plan=plan.as_dict(), initial_instruction=initial)
+        outcome = dict(task=name, metric=metric, placement=placement.name, plan=plan.as_dict(), initial_instruction=initial, process=self.process)
         if self.given_prompts is not None:
             trajectory = Trajectory(trajectory_path)
             trajectory.append({"kind": "given", "instruction": self.given_prompts[name]})
@@ -362,6 +436,8 @@ class OptimizeRun:
             "task_config_sha256": digest(task.config.to_dict()),
             "optimizer": self.optimizer_cls.name,
             "optimizer_config": asdict(self.config),
+            # the candidate list itself, not only the file it came from
+            "optimizer_inputs": self.config.instructions() if hasattr(self.config, "instructions") else None,
             "initial_instruction": initial,
             "metric": metric,
             "split_plan_sha256": digest(plan.as_dict()),
