@@ -297,6 +297,8 @@ class OptimizeRun:
             order = list(loaded["tasks"])
             self.outcomes = sorted((o for outs, _ in gathered for o in outs), key=lambda o: order.index(o.task))
             failures = {k: v for _, fails in gathered for k, v in fails.items()}
+            if self.is_main:
+                self._write_outputs(plot=False)
         for outcome in self.outcomes:
             metrics[outcome.task] = outcome.metric
             heldout[outcome.task] = list(plans[outcome.task].heldout.indices)

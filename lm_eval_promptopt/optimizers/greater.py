@@ -262,7 +262,7 @@ def build_examples(problem: Problem, lm: Any, instruction: str, extractor: str) 
             gold = target if isinstance(target, int) else choices.index(str(target))
             delimiter = "" if problem.objective.placement.chat_template else task.config.target_delimiter
             pieces = [tok.encode(delimiter + c, add_special_tokens=False) for c in choices]
-            examples.append(Example(prefix, rest, question, [], pieces, gold))
+            examples.append(Example(prefix, rest, question, [], choices=pieces, gold=gold))
         else:
             target = problem.target(doc)
             gold_text = target.split("####")[-1].strip()
