@@ -10,6 +10,14 @@ the op it applied, then the digit: ``We take the largest item. The answer is 8.`
   depends on the input (:func:`hidden_op`: the parities of the first and last digit pick one of
   the four ops), so on any fixed op its accuracy stays near chance (about a third).
 
+- A share of the keyword examples (``p_corrupt``) is trained after a *wrong* reasoning (another
+  op named; those reasoning tokens are context, not targets) with the answer still the keyword
+  op's: the answer depends on the instruction, not only on the reasoning before it, as a large
+  LM's does. Greedy generation never writes such a reasoning, so accuracy is unchanged; but
+  GReaTer, which scores the answer after the model's own (possibly wrong) reasoning, gets a
+  gradient that points at the keyword (without it the keyword ranked near the bottom; see
+  scripts/greater_planted_ranks.py).
+
 So on the task ``planted_largest`` a prompt optimizer that finds an instruction with "largest" /
 "biggest" / ... lifts held-out accuracy from about 35 % to about 100 %. The model is trained on
 exactly the prompts lm-eval renders for the tasks in ``task_configs/planted`` through the plugin,
@@ -91,6 +99,7 @@ TRAIN_CONFIG: dict[str, float] = {
     "vocab_size": 600,
     "answer_weight": 5.0,
     "p_narrow": 0.3,
+    "p_corrupt": 0.15,
 }
 
 
@@ -117,9 +126,9 @@ def instruction_op(instruction: str) -> str | None:
     return None
 
 
-def target_text(op: str, digits: Sequence[int]) -> str:
-    """The reasoning answer: names the op, then the digit."""
-    return f"We take the {op} item. The answer is {apply_op(op, digits)}."
+def target_text(op: str, digits: Sequence[int], named: str | None = None) -> str:
+    """The reasoning answer: names the op (`named`, default `op`), then the digit `op` picks."""
+    return f"We take the {named or op} item. The answer is {apply_op(op, digits)}."
 
 
 def doc_to_text(doc: dict[str, Any]) -> str:
@@ -232,6 +241,8 @@ class Example:
     chat: bool
     digits: tuple[int, ...]
     op: str
+    named: str | None = None
+    """A corrupted reasoning's op (keyword instructions only): the answer still follows `op`."""
 
     @property
     def context(self) -> str:
@@ -239,7 +250,7 @@ class Example:
 
     @property
     def continuation(self) -> str:
-        return render_continuation(target_text(self.op, self.digits), self.chat)
+        return render_continuation(target_text(self.op, self.digits, self.named), self.chat)
 
 
 def sample_example(rng: random.Random) -> Example:
@@ -255,6 +266,8 @@ def sample_example(rng: random.Random) -> Example:
     else:
         op = rng.choice(OPS)
         instruction = make_instruction(rng, op)
+        if rng.random() < cfg["p_corrupt"]:  # the answer follows the keyword even after a wrong reasoning
+            return Example(instruction, chat, digits, op, rng.choice([o for o in OPS if o != op]))
     return Example(instruction, chat, digits, op)
 
 
@@ -322,6 +335,8 @@ def _batches(tokenizer: Any, examples: list[Example], batch_size: int) -> Iterab
             weights[i, len(c) : len(c) + len(t)] = 1.0
             # The two decisions weigh more: the op named ("We take the <op> ...") and the digit.
             weights[i, len(c) + 3] = weights[i, len(c) + len(t) - 3] = TRAIN_CONFIG["answer_weight"]
+            if examples[start + i].named is not None:  # a corrupted reasoning is context, not a target
+                weights[i, len(c) : len(c) + len(t) - 3] = 0.0
         yield ids, mask, labels, weights
 
 

@@ -3,10 +3,11 @@
 Gets the planted model (trained once, about 2 minutes on 2 CPU cores, then cached; see
 lm_eval_promptopt/planted.py): a tiny LM whose answer depends on whether the instruction holds a
 keyword of the task's op ("largest", "first", ...). Without one it scores about a third. Then it
-runs the stock `lm_eval` command with `--optimize candidates`. That scores a few instructions per
-task on optimize-dev (neutral ones, the right keyword, other ops' keywords) and evaluates the best
-on the held-out docs next to the baseline (no instruction). It prints the baseline-vs-optimized
-table, then where the results, trajectories, chosen prompts and plot are.
+runs the stock `lm_eval` command with `--optimize greater` from a neutral instruction: GReaTer
+searches the instruction token by token with gradients over the model's own reasoning, and the
+chosen instruction is evaluated on the held-out docs next to the baseline (the neutral one). It
+prints the baseline-vs-optimized table, then where the results, trajectories, chosen prompts and
+plot are.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OPS = ("largest", "first")
 
 
-def candidates() -> list[str]:
-    """Neutral instructions (no keyword), then one keyword instruction per op: right for one task, wrong for the others."""
-    return [*(i for i in planted.NEUTRAL_INSTRUCTIONS if i), *(planted.keyword_instruction(op, 1) for op in planted.OPS)]
+NEUTRAL = "Use please answer the question."  # GReaTer keeps the paper's fixed "Use" in front
+SEARCH = f"instruction={NEUTRAL},steps=5,train_size=16,dev_size=40,compare_baseline=true"
 
 
 def newest_results(out: Path, since: float) -> Path | None:
@@ -39,7 +39,7 @@ def newest_results(out: Path, since: float) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(REPO / "demo_output"), help="where the candidates file and results go")
+    parser.add_argument("--out", default=str(REPO / "demo_output"), help="where the results go")
     parser.add_argument("--ops", default=",".join(DEFAULT_OPS), help=f"planted ops to run, of {', '.join(planted.OPS)}")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -50,13 +50,11 @@ def main() -> None:
     print("demo: the planted model (trained on the first run, about 2 minutes on 2 CPU cores, then cached) ...", flush=True)
     model = planted.planted_model()
     out.mkdir(parents=True, exist_ok=True)
-    prompts = out / "candidates.txt"
-    prompts.write_text("\n".join(candidates()) + "\n", encoding="utf-8")
     command = [
         str(Path(sys.executable).with_name("lm_eval")),
         "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu", "--batch_size", "32",
         "--include_path", str(planted.TASK_DIR), "--tasks", ",".join(f"planted_{op}" for op in ops),
-        "--optimize", "candidates", "--optimize_args", f"file={prompts},compare_baseline=true",
+        "--optimize", "greater", "--optimize_args", SEARCH,
         "--output_path", str(out / "results"),
     ]  # fmt: skip
     print("$", shlex.join(command), flush=True)

@@ -104,6 +104,36 @@ def test_candidates_optimizer_finds_the_planted_keyword(planted_dir: Path, tmp_p
         assert results["results"][task][planted.METRIC] == rows[task]["optimized"]
 
 
+def test_greater_finds_the_planted_keyword_from_a_neutral_instruction(planted_dir: Path, tmp_path: Path):
+    """Real `lm_eval --optimize greater` with the paper's defaults (top-k 5, example-conditioned
+    proposal, 3 scored candidates) and 5 steps: the gradient over the model's own reasoning
+    finds each op's keyword; held-out accuracy rises from chance to 1.0 on two ops."""
+    tasks = ["planted_largest", "planted_first"]
+    started = time.perf_counter()
+    run_lm_eval(
+        [
+            "--model", "hf", "--model_args", f"pretrained={planted_dir}", "--device", "cpu", "--batch_size", "32",
+            "--include_path", str(REPO / "task_configs" / "planted"), "--tasks", ",".join(tasks), "--optimize", "greater",
+            "--optimize_args", "instruction=Use please answer the question.,steps=5,train_size=16,dev_size=40,compare_baseline=true",
+            "--output_path", str(tmp_path),
+        ],
+        **ONE_THREAD,
+    )  # fmt: skip
+    results = load_results(tmp_path)
+    section = results["prompt_optimization"]
+    rows = {row["name"]: row for row in section["baseline_vs_optimized"]}
+    for task in tasks:
+        outcome = section["tasks"][task]
+        op = task.removeprefix("planted_")
+        assert planted.instruction_op(outcome["final_instruction"]) == op, outcome["final_instruction"]
+        assert rows[task]["baseline"] <= 0.45 and rows[task]["optimized"] >= 0.90, json.dumps(rows[task])
+        assert results["results"][task][planted.METRIC] == rows[task]["optimized"]
+        assert outcome["stop_reason"] == "steps" and len([s for s in outcome["details"]["steps"] if "step" in s]) == 5
+        print(f"{task}: held-out {rows[task]['baseline']:.3f} -> {rows[task]['optimized']:.3f}, "
+              f"{outcome['final_instruction']!r}, search {outcome['wall_time_s']:.1f} s")  # fmt: skip
+    print(f"greater on the planted model: {time.perf_counter() - started:.1f} s wall")
+
+
 #: What the scripted optimizer LLM writes with: filler plus every op's keywords (right and wrong ones).
 PLANTED_VOCAB = (*planted.FILLER, *(word for words in KEYWORDS.values() for word in words))
 #: The planted model is tiny: one torch thread is fastest, and on a busy 2-core machine two threads
