@@ -76,7 +76,8 @@ def test_training_text_is_what_lm_eval_renders(planted_dir: Path):
 
 
 def test_checker_requirements_hold_on_the_cached_model(planted_dir: Path):
-    result = planted.check(planted_dir, chat_template=(False, True))
+    """The first 100 test docs per task (scripts/check_planted_model.py scores all 200)."""
+    result = planted.check(planted_dir, chat_template=(False, True), limit=100)
     assert result.passed, result.table()
 
 

@@ -89,10 +89,11 @@ def test_overrides_keep_lm_eval_config_and_swap_dataset(local_tasks: Path) -> No
     cfg = yaml.safe_load((local_tasks / "mmlu_abstract_algebra.yaml").read_text())
     assert Path(cfg["include"]).is_file() and "lm_eval" in cfg["include"]
     assert cfg["dataset_path"] == "json" and "dataset_name" not in cfg
-    assert cfg["dataset_kwargs"]["data_files"] == {
-        "dev": str(SHARED_DATA / "mmlu" / "abstract_algebra.dev.jsonl"),
-        "validation": str(SHARED_DATA / "mmlu" / "abstract_algebra.validation.jsonl"),
-        "test": str(SHARED_DATA / "mmlu" / "abstract_algebra.test.jsonl"),
+    files = {split: Path(path).resolve() for split, path in cfg["dataset_kwargs"]["data_files"].items()}
+    assert files == {  # (resolved: ../shared may be a symlink)
+        "dev": (SHARED_DATA / "mmlu" / "abstract_algebra.dev.jsonl").resolve(),
+        "validation": (SHARED_DATA / "mmlu" / "abstract_algebra.validation.jsonl").resolve(),
+        "test": (SHARED_DATA / "mmlu" / "abstract_algebra.test.jsonl").resolve(),
     }
     names = {p.stem for p in local_tasks.glob("*.yaml")}
     assert {"gsm8k", "gsm8k_cot", "gsm8k_cot_zeroshot", "bbh_cot_fewshot_snarks"} <= names
