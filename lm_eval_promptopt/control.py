@@ -22,16 +22,6 @@ from typing import Any
 
 from .report import write_json
 
-#: Why a search stopped (recorded per task as `stop_reason`).
-STOP_REASONS = {
-    "completed": "the optimizer's own schedule ended (e.g. GPO's epochs, the candidate list)",
-    "steps": "the step budget (`steps`) was used up",
-    "max_evals": "the harness-evaluation budget (`max_evals`) was used up",
-    "time_limit": "the search time (`time_limit` seconds) ran out",
-    "patience": "`patience` steps in a row did not improve the step score",
-    "max_optimizer_tokens": "the optimizer-LLM token budget (`max_optimizer_tokens`) was used up",
-}
-
 
 @dataclass(frozen=True)
 class Budget:

@@ -168,12 +168,13 @@ class ProcessGroup:
         """Make a data-parallel lm-eval model act as a single process (its own requests only)."""
         inner = getattr(lm, "lm", lm)
         saved = (getattr(inner, "_rank", None), getattr(inner, "_world_size", None))
-        if self.size > 1 and saved[1] not in (None, 1):
+        swap = self.size > 1 and saved[1] not in (None, 1)
+        if swap:
             inner._rank, inner._world_size = 0, 1
         try:
             yield
         finally:
-            if self.size > 1 and saved[1] not in (None, 1):
+            if swap:
                 inner._rank, inner._world_size = saved
 
 
@@ -271,7 +272,8 @@ class OptimizeRun:
         heldout: dict[str, list[int]] = {}
         metrics: dict[str, str] = {}
         failures: dict[str, str] = {}
-        plans = {name: self._plan(name, task, kw) for name, task in loaded["tasks"].items()}
+        prepared = {name: self._plan(name, task, kw) for name, task in loaded["tasks"].items()}
+        plans = {name: plan for name, (_, plan) in prepared.items()}
         optimizer = self.optimizer_cls(self.config)
         if self.given_prompts is None and self.is_main:
             print(projected_cost_table(optimizer, plans))
@@ -281,7 +283,7 @@ class OptimizeRun:
             for name, task in bar:
                 bar.set_postfix_str(name)
                 try:
-                    outcome = self._optimize_task(name, task, plans[name], optimizer, lm, loaded, placement, initial, kw, eval_kwargs)
+                    outcome = self._optimize_task(name, task, *prepared[name], optimizer, lm, loaded, placement, initial, kw, eval_kwargs)
                 except PromptOptError:
                     raise
                 except Exception as err:  # one task's failure must not lose the others' finished searches
@@ -335,7 +337,7 @@ class OptimizeRun:
             return None
         if isinstance(kw["model"], str):  # name the model as a stock run does, not the LM class
             results["config"]["model"] = kw["model"]
-        if baseline is not None and self.options.compare_baseline:
+        if baseline is not None:
             self.comparison = comparison_rows(baseline, results, metrics)
         results["prompt_optimization"] = self.section()
         self._write_outputs()
@@ -357,12 +359,13 @@ class OptimizeRun:
             }
         )
 
-    def _plan(self, name: str, task: Any, kw: dict[str, Any]) -> SplitPlan:
+    def _plan(self, name: str, task: Any, kw: dict[str, Any]) -> tuple[TaskSplits, SplitPlan]:
+        """The task's split copies (reused by its search) and its split plan."""
         splits = TaskSplits(task)
         fewshot_seed = kw.get("fewshot_random_seed")
-        return plan_splits(name, task.config, self.options, splits.size, lambda split: splits.fewshot_exemplars(split, fewshot_seed))
+        return splits, plan_splits(name, task.config, self.options, splits.size, lambda split: splits.fewshot_exemplars(split, fewshot_seed))
 
-    def _optimize_task(self, name, task, plan: SplitPlan, optimizer: Optimizer, lm, loaded, placement: Placement, initial, kw, eval_kwargs):
+    def _optimize_task(self, name, task, splits: TaskSplits, plan: SplitPlan, optimizer: Optimizer, lm, loaded, placement: Placement, initial, kw, eval_kwargs):
         metric = self.options.metric or primary_metric(name, task, loaded["groups"])
         trajectory_path = self.run_dir / "trajectories" / f"{name}.jsonl"
         outcome = dict(task=name, metric=metric, placement=placement.name, plan=plan.as_dict(), initial_instruction=initial, process=self.process)
@@ -389,7 +392,7 @@ class OptimizeRun:
         trajectory = Trajectory(trajectory_path, resume=resumed)
         objective = Objective(
             task_name=name,
-            splits=TaskSplits(task),
+            splits=splits,
             plan=plan,
             lm=lm,
             placement=placement,

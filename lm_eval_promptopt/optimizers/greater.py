@@ -306,7 +306,7 @@ class Greater(Optimizer):
 
         max_evals = problem.control.budget.max_evals
         if max_evals is not None:  # the final choice spends what is left of the budget (at least one)
-            top = top[: max(1, max_evals - problem.objective.evaluations)]
+            top = top[: max(1, max_evals - problem.control.evaluations())]
         dev = [(problem.score(self.text(ids), "dev"), -crit, self.text(ids)) for crit, ids in top]
         best_dev, _, best = max(dev) if dev else (None, None, problem.initial_instruction)
         engine = self.engine
@@ -371,6 +371,11 @@ class Greater(Optimizer):
         cfg: GreaterConfig = self.config
         control = problem.control
         memo: dict[tuple[int, ...], Scored] = {}
+
+        def remember(ids: list[int], scored: Scored) -> None:  # memoized, and journaled for a resume
+            memo[tuple(ids)] = scored
+            control.log({"ids": ids, **asdict(scored)})
+
         state: dict[str, Any] = {"step": 0, "prompt": prompt, "pos": 0, "top": [], "history": [], "skipped": 0}
         initial_length = len(prompt)
         if control.resumed:  # continue after the interrupted run's last completed step
@@ -406,8 +411,7 @@ class Greater(Optimizer):
                     break
             todo = [ids for ids in chosen_ids if tuple(ids) not in memo]
             for ids, scored in zip(todo, self.score(todo)):
-                memo[tuple(ids)] = scored
-                control.log({"ids": ids, **asdict(scored)})
+                remember(ids, scored)
             best: list[int] | None = None
             for ids in chosen_ids:
                 if "." in self.tok.decode([ids[pos]]) and pos >= 0.5 * initial_length:
@@ -418,8 +422,7 @@ class Greater(Optimizer):
             if best is None:  # every candidate failed the re-encoding check: keep the prompt
                 best = list(prompt)
                 if tuple(best) not in memo:
-                    memo[tuple(best)] = self.score([best])[0]
-                    control.log({"ids": best, **asdict(memo[tuple(best)])})
+                    remember(best, self.score([best])[0])
             scored = memo[tuple(best)]
             entry = {
                 "step": step,
