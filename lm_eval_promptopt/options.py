@@ -36,6 +36,9 @@ class RunOptions:
     """Stop a task's search after this many seconds (checked between steps)."""
     patience: int | None = None
     """Stop a task's search after this many steps in a row without a better step score."""
+    keep_initial: bool = True
+    """Keep the initial instruction where it scores better on optimize-dev than the search's
+    choice (false: the search's own choice, as the papers pick it)."""
 
     def __post_init__(self) -> None:
         if self.train_size is not None and self.train_size < 0:

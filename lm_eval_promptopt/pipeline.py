@@ -66,6 +66,10 @@ class TaskOutcome:
     cache_entry: str | None = None
     process: int = 0
     """Which process of an `accelerate launch` run searched this task (0 in a one-process run)."""
+    initial_kept: bool = False
+    """True where the initial instruction beat the search's choice on optimize-dev and was kept."""
+    search_choice: str | None = None
+    """The search's own choice, where the initial instruction was kept instead."""
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -416,11 +420,21 @@ class OptimizeRun:
         problem = Problem(name, lm, plan, objective, initial, opts.seed, control)
         initial_score = problem.score(initial, "dev")
         result = optimizer.optimize(problem)
+        final, final_score = result.instruction, problem.score(result.instruction, "dev")
+        kept = opts.keep_initial and initial_score > final_score
+        if kept:  # never worse on optimize-dev than the start
+            print(
+                f"lm_eval_promptopt: {name}: the search's choice scores {final_score:.4f} on optimize-dev, below the initial "
+                f"instruction's {initial_score:.4f}: keeping the initial instruction (keep_initial=false keeps the search's choice)"
+            )
+            trajectory.append({"kind": "initial_kept", "search_choice": final, "search_choice_dev_score": final_score, "initial_dev_score": initial_score})
         searched = TaskOutcome(
             **outcome,
-            final_instruction=result.instruction,
+            final_instruction=initial if kept else final,
             initial_dev_score=initial_score,
-            final_dev_score=problem.score(result.instruction, "dev"),
+            final_dev_score=initial_score if kept else final_score,
+            initial_kept=kept,
+            search_choice=final if kept else None,
             stop_reason=result.stop_reason,
             evaluations=objective.evaluations,
             wall_time_s=round(control.elapsed(), 3),

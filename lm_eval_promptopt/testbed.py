@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 from lm_eval.tasks import TaskManager
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -95,36 +95,74 @@ def _corpus(data_dir: Path | None) -> Iterator[str]:
                 yield "\n".join(str(v) for v in json.loads(line).values())
 
 
+TOKENIZERS = ("bpe", "wordlevel", "metaspace")
+
+
+def _train_tokenizer(kind: str, corpus: list[str]) -> Tokenizer:
+    """A tokenizer of one of three pipelines users bring (trained on `corpus`).
+
+    `bpe`: byte-level BPE (GPT-2 / Llama-3 style); `wordlevel`: a lowercasing, whitespace-split
+    word vocabulary with `<unk>` (lossy); `metaspace`: SentencePiece-style BPE on `▁`-marked
+    words with byte fallback (Llama-2 / Mistral style).
+    """
+    if kind == "bpe":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=2048, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        tokenizer.train_from_iterator(corpus, trainer=trainer)
+        return tokenizer
+    if kind == "wordlevel":
+        tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tokenizer.normalizer = normalizers.Lowercase()
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordLevelTrainer(vocab_size=1024, min_frequency=2, special_tokens=SPECIAL_TOKENS, show_progress=False)
+        tokenizer.train_from_iterator(corpus, trainer=trainer)
+        return tokenizer
+    if kind != "metaspace":
+        raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {kind!r}")
+    draft = Tokenizer(models.BPE())
+    draft.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=1536, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    draft.train_from_iterator(corpus, trainer=trainer)
+    state = json.loads(draft.to_str())["model"]
+    vocab = dict(state["vocab"])
+    for byte in range(256):  # byte fallback: characters outside the vocabulary become <0xNN>
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return tokenizer
+
+
 def build_tiny_model(
     out_dir: str | Path,
     seed: int = 0,
     *,
     system_role: bool = True,
     data_dir: str | Path | None = None,
+    tokenizer: str = "bpe",
 ) -> Path:
-    """Build and save a tiny random ``LlamaForCausalLM`` with a byte-level BPE chat tokenizer.
+    """Build and save a tiny random ``LlamaForCausalLM`` with a chat tokenizer.
 
-    The tokenizer (vocab up to 2048) is trained on a built-in corpus plus, if given, the first
-    rows of each ``*/*.jsonl`` file under ``data_dir`` (about 2.8 rather than 1.7 characters per
-    token). The context is 8192 tokens so that BBH CoT few-shot prompts (up to ~7k characters)
-    are not truncated. With ``system_role=False`` the chat template raises on system messages,
-    like Gemma-2's. Deterministic for fixed inputs; takes about a second after imports.
+    The tokenizer (`tokenizer`: one of ``TOKENIZERS``, default byte-level BPE, vocab up to 2048)
+    is trained on a built-in corpus plus, if given, the first rows of each ``*/*.jsonl`` file
+    under ``data_dir`` (about 2.8 rather than 1.7 characters per token). The context is 8192
+    tokens so that BBH CoT few-shot prompts (up to ~7k characters) are not truncated. With
+    ``system_role=False`` the chat template raises on system messages, like Gemma-2's.
+    Deterministic for fixed inputs; takes about a second after imports.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2048,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_corpus(Path(data_dir) if data_dir else None), trainer=trainer)
+    trained = _train_tokenizer(tokenizer, list(_corpus(Path(data_dir) if data_dir else None)))
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
+        tokenizer_object=trained,
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",

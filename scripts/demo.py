@@ -28,7 +28,8 @@ DEFAULT_OPS = ("largest", "first")
 
 
 NEUTRAL = "Use please answer the question."  # GReaTer keeps the paper's fixed "Use" in front
-SEARCH = f"instruction={NEUTRAL},steps=5,train_size=16,dev_size=40,compare_baseline=true"
+# the planted language answers "The answer is N.": its own phrase, not the paper's frame (extractor=task)
+SEARCH = f"instruction={NEUTRAL},extractor=task,steps=5,train_size=16,dev_size=40,compare_baseline=true"
 
 
 def newest_results(out: Path, since: float) -> Path | None:

@@ -36,7 +36,7 @@ def build(op: str, instruction: str, train: int, model: str | None) -> tuple[Gre
         metric=primary_metric(name, task, {}), fewshot_seed=1234, record=lambda e: None,
         eval_kwargs={"apply_chat_template": False, "fewshot_as_multiturn": False, "confirm_run_unsafe_code": False},
     )  # fmt: skip
-    greater = Greater(GreaterConfig(proposal="rendered"))
+    greater = Greater(GreaterConfig(proposal="rendered", extractor="task"))  # the planted language's own phrase
     prompt = greater.prepare(Problem(name, lm, plan, objective, instruction, 0))
     for p in lm.model.parameters():
         p.requires_grad_(False)

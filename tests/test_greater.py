@@ -14,7 +14,7 @@ from conftest import load_results, needs_shared_data, run_lm_eval
 from lm_eval_promptopt.errors import PromptOptError
 from lm_eval_promptopt.objective import Objective, TaskSplits, primary_metric
 from lm_eval_promptopt.optimizers.base import Problem
-from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig, allowed_token_mask
+from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig, advance, allowed_token_mask, select
 from lm_eval_promptopt.options import RunOptions
 from lm_eval_promptopt.pipeline import apply_task_overrides
 from lm_eval_promptopt.prompting import Placement
@@ -115,34 +115,124 @@ def test_proposal_masks_and_growth(lm, tasks):
         assert prompt[pos - 1] not in others  # no immediate repeat (pos 0: the last token)
 
 
-def run_greater(lm, task, name=TASK, seed=0, steps=3):
+def test_proposal_is_the_union_of_intersections_of_per_example_top_k(lm, tasks):
+    """Written out independently: per-example top-k of the masked next-token log-probs after
+    "{question}. Use {prefix}", intersected over `topq` seeded subsets of 5, unioned, k += 2."""
+    opt = Greater(GreaterConfig(topk=5, topq=3))
+    prompt = opt.prepare(make_problem(lm, tasks[TASK], train=12))
+    docs = opt.problem.docs("train")
+    assert lm.tokenizer.decode(opt.examples[0].question) == f"{docs[0]['input'].strip()}. Use"  # the paper's layout
+    for pos in (1, 4):
+        with torch.no_grad():
+            logits = [lm.model(torch.tensor([ex.question + prompt[:pos]])).logits[0, -1].float() for ex in opt.examples]
+        mask = opt.allowed.clone()
+        mask[prompt[pos - 1]] = False
+        log_probs = [torch.log_softmax(row, -1).masked_fill(~mask, float("-inf")) for row in logits]
+        draws_rng = random.Random(7)
+        draws = [draws_rng.sample(range(len(docs)), 5) for _ in range(3)]
+        k = 5
+        while True:
+            tops = [set(torch.topk(row, k).indices.tolist()) for row in log_probs]
+            expected = set().union(*(set.intersection(*(tops[i] for i in d)) for d in draws))
+            if len(expected) >= 6:
+                break
+            k += 2
+        union_of_all = set().union(*tops)
+        assert expected != union_of_all  # the intersections matter on these inputs
+        assert set(opt.propose(prompt, pos, random.Random(7))) == expected | {prompt[pos]}
+
+
+def test_selection_rule_lowest_criterion_ties_to_later_period_at_once():
+    a, b, c = [1, 2, 9], [1, 2, 8], [1, 2, 7]
+    assert select([(a, 0.5, " x"), (b, 0.2, " y"), (c, 0.3, " z")], 2, 4) == b  # lowest criterion
+    assert select([(a, 0.5, " x"), (b, 0.2, " y"), (c, 0.2, " z")], 2, 4) == c  # `<=`: ties to the later
+    # a sentence end at pos >= half the initial length is taken at once, whatever the others score
+    assert select([(a, 0.1, " x"), (b, 0.9, "."), (c, 0.0, " z")], 2, 4) == b
+    assert select([(a, 0.1, " x"), (b, 0.9, "."), (c, 0.0, " z")], 1, 4) == c  # below half: no rule
+    assert select([], 0, 4) is None
+
+
+def test_advance_sweeps_wraps_grows_and_restarts():
+    placeholder = 99
+    assert advance([1, 2, 3], 0, 0.5, placeholder, False) == ([1, 2, 3], 1)
+    assert advance([1, 2, 3], 2, 0.5, placeholder, True) == ([1, 2, 3], 0)  # a sentence end: wrap to 0
+    assert advance([1, 2, 3], 2, 0.5, placeholder, False) == ([1, 2, 3, 99], 3)  # else grow, optimize it next
+    assert advance([1, 2, 3], 1, 0.119, placeholder, False) == ([1, 2, 3], 0)  # below 0.12: restart at 0
+    assert advance([1, 2, 3], 1, 0.12, placeholder, False) == ([1, 2, 3], 2)
+
+
+def run_greater(lm, task, name=TASK, seed=0, steps=3, **config):
     problem = make_problem(lm, task, name=name, seed=seed)
-    return Greater(GreaterConfig(steps=steps, max_reasoning_tokens=5, batch_size=6)).optimize(problem)
+    settings = {"steps": steps, "max_reasoning_tokens": 5, "batch_size": 6, **config}
+    return Greater(GreaterConfig(**settings)).optimize(problem)
 
 
-def test_steps_choose_the_best_scored_and_final_choice_is_best_on_dev(lm, tasks):
-    result = run_greater(lm, tasks[TASK], steps=4)
+def test_every_step_follows_the_selection_and_position_rules(lm, tasks):
+    result = run_greater(lm, tasks[TASK], steps=6)
     steps = [s for s in result.details["steps"] if "step" in s]
-    assert len(steps) == 4
-    for step in steps:
-        assert step["chosen"] in step["scored"]
-        period = "." in step["chosen"] and step["scored"][step["chosen"]] != min(step["scored"].values())
-        assert period or step["criterion"] == pytest.approx(min(step["scored"].values()), abs=1e-6)
-        assert step["counters"]["generations"] <= 3 * 4 + 4  # 3 candidates x 4 examples (+ a refresh)
+    assert len(steps) == 6
+    initial_length = len(Greater.default_instruction.split()) and len(lm.tokenizer.encode(Greater.default_instruction[3:], add_special_tokens=False))
+    for step, following in zip(steps, steps[1:]):
+        ranked = [(r["instruction"], r["criterion"], r["token"]) for r in step["ranked"]]
+        assert 1 <= len(ranked) <= 3
+        assert step["chosen"] == select(ranked, step["position"], initial_length)
         assert step["counters"]["backward_passes"] == 1  # one batched backward over all examples
+        grown = len(lm.tokenizer.encode(following["chosen"], add_special_tokens=False)) > len(lm.tokenizer.encode(step["chosen"], add_special_tokens=False))
+        if step["criterion"] < 0.12:
+            assert following["position"] == 0
+        elif not grown:
+            assert following["position"] in (step["position"] + 1, 0)
+
+
+def test_final_choice_is_the_best_dev_score_of_the_top_prompts(lm, tasks):
+    result = run_greater(lm, tasks[TASK], steps=4)
     top = result.details["top_prompts"]
     assert 1 <= len(top) <= 10
-    assert result.instruction == top[0]["instruction"]
-    assert top[0]["dev_score"] == max(t["dev_score"] for t in top)
+    chosen = [s["chosen"] for s in result.details["steps"] if "step" in s]
+    assert {t["instruction"] for t in top} <= set(chosen)
+    best = max(top, key=lambda t: (t["dev_score"], -t["train_criterion"]))  # ties: the lower criterion
+    assert result.instruction == best["instruction"]
 
 
 def test_same_seed_same_result_and_tasks_are_independent(lm, tasks):
     a, b = run_greater(lm, tasks[TASK], seed=5), run_greater(lm, tasks[TASK], seed=5)
     assert a.instruction == b.instruction
     assert [s.get("chosen") for s in a.details["steps"]] == [s.get("chosen") for s in b.details["steps"]]
-    mc = run_greater(lm, tasks["mmlu_anatomy"], name="mmlu_anatomy", steps=2)  # multiple choice: no reasoning
-    assert mc.details["extractor"] is None and mc.details["counters"].get("generations", 0) == 0
-    assert mc.instruction.startswith("Use ")
+
+
+def test_multiple_choice_error_is_the_harness_accuracy_on_train(lm, tasks):
+    """No reasoning for loglikelihood tasks: the error of a prompt is 1 - lm-eval's own `acc`."""
+    problem = make_problem(lm, tasks["mmlu_anatomy"], name="mmlu_anatomy", train=6)
+    opt = Greater(GreaterConfig(batch_size=4))
+    prompt = opt.prepare(problem)
+    (scored,) = opt.score([prompt])
+    assert scored.error == pytest.approx(1 - problem.score(opt.text(prompt), "train"))
+    result = run_greater(lm, tasks["mmlu_anatomy"], name="mmlu_anatomy", steps=2)
+    assert result.details["extractor"] is None and result.details["counters"].get("generations", 0) == 0
+
+
+def test_answer_target_is_the_bare_gold_after_the_papers_frame(lm, local_tasks):
+    names = ["bbh_cot_zeroshot_date_understanding", "bbh_cot_zeroshot_boolean_expressions", "gsm8k_cot_zeroshot"]
+    loaded = TaskManager(include_path=str(local_tasks)).load(names)["tasks"]
+    apply_task_overrides(loaded, {"fewshot_random_seed": 1234})
+    tok = lm.tokenizer
+    for name, answers, options in (
+        (names[0], set("ABCDEF"), "'$A' or '$B' or '$C' or '$D' or '$E' or '$F'"),
+        (names[1], {" True", " False"}, "'$ True' or '$ False'"),
+        (names[2], None, "$NUMBER$, where NUMBER is a positive or negative integer"),
+    ):
+        opt = Greater(GreaterConfig())
+        opt.prepare(make_problem(lm, loaded[name], name=name, train=8))
+        assert opt.extractor.startswith("Therefore, the final answer (use exact") and options in opt.extractor
+        for ex in opt.examples:
+            assert tok.decode(ex.extractor) == f" {opt.extractor}"
+            text = tok.decode(ex.answer)
+            assert "(" not in text and (answers is None and text.strip().lstrip("-").isdigit() or text in (answers or ()))
+        task_opt = Greater(GreaterConfig(extractor="task"))  # the task's own phrase, still the bare answer scored
+        task_opt.prepare(make_problem(lm, loaded[name], name=name, train=8))
+        if name == names[0]:
+            ex = task_opt.examples[0]
+            assert tok.decode(ex.extractor) == " So the answer is (" and tok.decode(ex.answer) in answers
 
 
 def test_needs_a_hugging_face_model(tasks):

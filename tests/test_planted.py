@@ -115,7 +115,7 @@ def test_greater_finds_the_planted_keyword_from_a_neutral_instruction(planted_di
         [
             "--model", "hf", "--model_args", f"pretrained={planted_dir}", "--device", "cpu", "--batch_size", "32",
             "--include_path", str(REPO / "task_configs" / "planted"), "--tasks", ",".join(tasks), "--optimize", "greater",
-            "--optimize_args", "instruction=Use please answer the question.,steps=5,train_size=16,dev_size=40,compare_baseline=true",
+            "--optimize_args", "instruction=Use please answer the question.,extractor=task,steps=5,train_size=16,dev_size=40,compare_baseline=true",
             "--output_path", str(tmp_path),
         ],
         **ONE_THREAD,
@@ -127,7 +127,10 @@ def test_greater_finds_the_planted_keyword_from_a_neutral_instruction(planted_di
         outcome = section["tasks"][task]
         op = task.removeprefix("planted_")
         assert planted.instruction_op(outcome["final_instruction"]) == op, outcome["final_instruction"]
-        assert rows[task]["baseline"] <= 0.45 and rows[task]["optimized"] >= 0.90, json.dumps(rows[task])
+        # the start names no op; the planted model's answer to an unknown word ("Use") leans to
+        # one op on some machines (planted_largest 0.345 on one, 0.56 on another), hence no bound of 0.45
+        assert planted.instruction_op(outcome["initial_instruction"]) is None
+        assert rows[task]["baseline"] <= 0.60 and rows[task]["optimized"] >= 0.90, json.dumps(rows[task])
         assert results["results"][task][planted.METRIC] == rows[task]["optimized"]
         assert outcome["stop_reason"] == "steps" and len([s for s in outcome["details"]["steps"] if "step" in s]) == 5
         print(f"{task}: held-out {rows[task]['baseline']:.3f} -> {rows[task]['optimized']:.3f}, "

@@ -20,9 +20,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from lm_eval.models.utils import handle_stop_sequences
+from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm.auto import tqdm
 
 from ..errors import PromptOptError
+from ..task_facts import TASK_PHRASES, answer_frame, bare_answer, gold_text, raw_question
 from .base import OptimizationResult, Optimizer, Problem, register_optimizer
 
 INITIAL_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."
@@ -34,7 +37,6 @@ MIN_CANDIDATES = 6
 EXAMPLES_PER_INTERSECTION = 5
 RESTART_BELOW = 0.12
 TOP_KEPT = 10
-EXTRACTORS = {"bbh": "So the answer is", "gsm8k": "The answer is"}
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,10 @@ class GreaterConfig:
     """Random example subsets intersected per proposal; their intersections are unioned."""
     max_reasoning_tokens: int = 256
     """Cap on generated reasoning tokens (also capped by the task's max_gen_toks)."""
-    extractor: str | None = None
-    """Answer-extraction text put between the reasoning and the gold answer (default per family)."""
+    extractor: str = "paper"
+    """Text between the reasoning and the bare gold answer: `paper` (the paper's frame per answer
+    type: "Therefore, the final answer (use exact format: ...) is $"), `task` (the task's own
+    answer phrase, e.g. "So the answer is (" for BBH), or any other text, used as is."""
     proposal: str = "example"
     """`example`: propose from "{question}. Use {prompt prefix}" per example (the paper's layout);
     `rendered`: from the rendered prompt prefix (one distribution shared by all examples)."""
@@ -70,6 +74,7 @@ class Example:
     prefix: list[int]
     rest: list[int]
     question: list[int]
+    """The proposal context: "{raw question}. Use" (the paper's layout, §3.2 b)."""
     answer: list[int]
     """Gold answer ids: the only tokens in the loss and the error (generative tasks)."""
     extractor: list[int] = field(default_factory=list)
@@ -117,6 +122,47 @@ def allowed_token_mask(tokenizer: Any, vocab_size: int) -> torch.Tensor:
     return mask
 
 
+def placeholder_token(tok: Any) -> int:
+    """The token appended to grow the prompt: "_" as the tokenizer writes it, else any plain word."""
+    special = set(tok.all_special_ids)
+    for text in (" _", "_", " the", "the"):
+        ids = tok.encode(text, add_special_tokens=False)
+        if len(ids) == 1 and ids[0] not in special:
+            return ids[0]
+    raise PromptOptError("greater: the tokenizer has no plain token to grow the prompt with ('_' or 'the')")
+
+
+def ends_sentence(token_text: str) -> bool:
+    return "." in token_text
+
+
+def select(ranked: list[tuple[list[int], float, str]], pos: int, initial_length: int) -> list[int] | None:
+    """The move among scored candidates `(ids, criterion, token text)` in gradient order: one whose
+    token ends a sentence at `pos` >= half the initial length is taken at once (the period rule);
+    otherwise the lowest criterion, ties to the later candidate (the reference's `<=`)."""
+    best: tuple[list[int], float] | None = None
+    for ids, criterion, token in ranked:
+        if ends_sentence(token) and pos >= 0.5 * initial_length:
+            return ids
+        if best is None or criterion <= best[1]:
+            best = (ids, criterion)
+    return best[0] if best else None
+
+
+def advance(prompt: list[int], pos: int, criterion: float, placeholder: int, last_ends_sentence: bool) -> tuple[list[int], int]:
+    """The next (prompt, position): one position on; past the end, wrap to 0 if the last token
+    ends a sentence, else grow the prompt by a placeholder; a criterion below 0.12 restarts at 0."""
+    pos += 1
+    if pos >= len(prompt):
+        if last_ends_sentence:
+            pos = 0
+        else:
+            prompt = [*prompt, placeholder]
+    if criterion < RESTART_BELOW:
+        pos = 0
+    return prompt, pos
+
+
 class Engine:
     """The model-side computations of one GReaTer run, batched and counted."""
 
@@ -130,6 +176,8 @@ class Engine:
         self.max_new = max_new
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.eos = {i for i in [self.tok.eos_token_id, getattr(lm, "eot_token_id", None)] if i is not None}
+        # the stop sequences lm-eval's generate_until uses: the task's `until` plus the EOS text
+        self.until = handle_stop_sequences(list(stop), eos=lm.tok_decode(lm.eot_token_id, skip_special_tokens=False))
         self.embeddings = self.model.get_input_embeddings().weight
         self.head = self.model.get_output_embeddings()
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
@@ -161,17 +209,23 @@ class Engine:
 
     # -- generation ------------------------------------------------------------------------
     def _trim(self, ids: list[int]) -> list[int]:
-        """Cut at end-of-sequence and before the first stop string, keeping generated ids as they are."""
+        """Cut at end-of-sequence and before the token that completes the first stop sequence, as
+        lm-eval cuts the decoded text; the generated ids are kept as they are."""
         for i, token in enumerate(ids):
             if token in self.eos or token == self.pad:
                 ids = ids[:i]
                 break
-        if not self.stop or not any(s in self.tok.decode(ids) for s in self.stop):
+
+        def stops(prefix: list[int]) -> bool:
+            text = self.lm.tok_decode(prefix)
+            return any(s and s in text for s in self.until)
+
+        if not stops(ids):
             return ids
-        low, high = 0, len(ids)  # the shortest prefix that contains a stop string
+        low, high = 0, len(ids)  # the shortest prefix that contains a stop sequence
         while low < high:
             mid = (low + high) // 2
-            if any(s in self.tok.decode(ids[: mid + 1]) for s in self.stop):
+            if stops(ids[: mid + 1]):
                 high = mid
             else:
                 low = mid + 1
@@ -189,7 +243,6 @@ class Engine:
             for row, ctx in enumerate(chunk):
                 ids[row, width - len(ctx) :] = torch.tensor(ctx)
                 mask[row, width - len(ctx) :] = 1
-            kwargs = {"stop_strings": self.stop, "tokenizer": self.tok} if self.stop else {}
             generated = self.model.generate(
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
@@ -199,7 +252,7 @@ class Engine:
                 top_p=None,
                 top_k=None,
                 pad_token_id=self.pad,
-                **kwargs,
+                stopping_criteria=stop_sequences_criteria(self.tok, self.until, width, len(chunk)),
             )[:, width:].tolist()
             self.counters.add("generate_calls")
             self.counters.add("generations", len(chunk))
@@ -244,32 +297,62 @@ class Engine:
         return answer_logits, answer_gold, prompt_nll
 
 
-def build_examples(problem: Problem, lm: Any, instruction: str, extractor: str) -> list[Example]:
-    """Each train doc, rendered by lm-eval with `instruction`, as token pieces around it."""
-    task, tok = problem.task, lm.tokenizer
+def split_pair(tok: Any, context: str, answer: str) -> tuple[list[int], list[int]]:
+    """Ids of `context` and of `answer` after it: the answer's ids as they tokenise after the
+    context where the joint encoding extends the context's, else the answer encoded alone."""
+    head = tok.encode(context, add_special_tokens=False)
+    whole = tok.encode(context + answer, add_special_tokens=False)
+    if whole[: len(head)] == head and len(whole) > len(head):
+        return head, whole[len(head) :]
+    return head, tok.encode(answer, add_special_tokens=False)
+
+
+def _extractor_pieces(setting: str, frame_text: str, space: bool, written: str, family: str, sep: str) -> tuple[str, str]:
+    """(extractor text, answer text) for one doc whose gold the task writes as `written`."""
+    gold = bare_answer(written)
+    if setting == "paper":
+        return sep + frame_text, (" " if space else "") + gold
+    if setting == "task":  # the task's phrase and the gold as written, the bare answer scored
+        before = written[: written.find(gold)]
+        phrase = TASK_PHRASES.get(family, "The answer is")
+        return sep + phrase + (f" {before}" if before else ""), ("" if before else " ") + gold
+    return sep + setting, " " + gold
+
+
+def build_examples(problem: Problem, lm: Any, instruction: str, extractor: str, fixed_prefix: str) -> tuple[list[Example], str | None]:
+    """Each train doc, rendered by lm-eval with `instruction`, as token pieces around it; and the
+    extractor frame used (None for multiple choice, which has no reasoning)."""
+    task, tok, family = problem.task, lm.tokenizer, problem.plan.family
+    docs = problem.docs("train")
+    questions = [raw_question(task, doc, family) for doc in docs]
     multiple_choice = task.get_config("output_type") == "multiple_choice"
+    written = [] if multiple_choice else [gold_text(problem.target(doc), family) for doc in docs]
+    gemma = str(getattr(lm.model.config, "model_type", "")).startswith("gemma")
+    frame = answer_frame([bare_answer(w) for w in written], questions, family, gemma)
+    frame_text = None if multiple_choice else {"paper": frame.text, "task": TASK_PHRASES.get(family, "The answer is")}.get(extractor, extractor)
+    sep = "" if gemma else " "  # Gemma-2 runs put no space between the reasoning and the extractor
     examples = []
-    for doc in problem.docs("train"):
+    for i, doc in enumerate(docs):
         rendered = problem.render(doc, instruction)
         if rendered.span is None:
             raise PromptOptError(f"{problem.task_name}: could not locate the instruction in the rendered prompt")
         prefix = lm.tok_encode(rendered.text[: rendered.span[0]])
         rest = tok.encode(rendered.text[rendered.span[1] :], add_special_tokens=False)
-        question = lm.tok_encode(str(task.doc_to_text(doc)).rstrip() + ".")
+        proposal = lm.tok_encode(f"{questions[i]}. {fixed_prefix}")
         if multiple_choice:
             choices = [str(c) for c in task.doc_to_choice(doc)]
             target = task.doc_to_target(doc)
             gold = target if isinstance(target, int) else choices.index(str(target))
             delimiter = "" if problem.objective.placement.chat_template else task.config.target_delimiter
             pieces = [tok.encode(delimiter + c, add_special_tokens=False) for c in choices]
-            examples.append(Example(prefix, rest, question, [], choices=pieces, gold=gold))
-        else:
-            target = problem.target(doc)
-            gold_text = target.split("####")[-1].strip()
-            extractor_ids = tok.encode(f" {extractor}", add_special_tokens=False)
-            answer = tok.encode(f" {gold_text}", add_special_tokens=False)
-            examples.append(Example(prefix, rest, question, answer, extractor_ids))
-    return examples
+            examples.append(Example(prefix, rest, proposal, [], choices=pieces, gold=gold))
+            continue
+        context, answer_text = _extractor_pieces(extractor, frame.text, frame.space, written[i], family, sep)
+        extractor_ids, answer = split_pair(tok, context, answer_text)
+        if not answer:
+            raise PromptOptError(f"{problem.task_name}: the gold answer {written[i]!r} encodes to no tokens with this tokenizer")
+        examples.append(Example(prefix, rest, proposal, answer, extractor_ids))
+    return examples, frame_text
 
 
 @register_optimizer("greater")
@@ -316,7 +399,9 @@ class Greater(Optimizer):
             stop_reason,
             details={
                 "proposal": cfg.proposal,
-                "extractor": None if self.multiple_choice else self.extractor,
+                "extractor": self.extractor,
+                "initial_as_seen": self.initial_as_seen,
+                "reencoding_check": "in_context" if self.in_context else "standalone",
                 "top_prompts": [{"instruction": t, "train_criterion": -c, "dev_score": s} for s, c, t in sorted(dev, reverse=True)],
                 "best_dev_score": best_dev,
                 "steps": history,
@@ -338,30 +423,54 @@ class Greater(Optimizer):
                 f"greater optimizes the text after a fixed {self.fixed_prefix!r} (as in the paper); "
                 f"the initial instruction must start with it, got {instruction!r}"
             )
+        special = set(tok.all_special_ids)
         self.fixed = tok.encode(self.fixed_prefix, add_special_tokens=False)
-        prompt = tok.encode(instruction[len(self.fixed_prefix) :], add_special_tokens=False)
+        if not self.fixed or special & set(self.fixed):
+            raise PromptOptError(f"greater: this tokenizer cannot write the paper's fixed {self.fixed_prefix!r} (it encodes to {tok.convert_ids_to_tokens(self.fixed)})")
+        whole = tok.encode(instruction, add_special_tokens=False)
+        tail = whole[len(self.fixed) :] if whole[: len(self.fixed)] == self.fixed else tok.encode(instruction[len(self.fixed_prefix) :], add_special_tokens=False)
+        prompt = [t for t in tail if t not in special]  # e.g. <unk>: no text can stand for it
         if not prompt:
-            raise PromptOptError("greater needs an initial instruction with words after 'Use'")
+            raise PromptOptError(f"greater needs an initial instruction with words after 'Use' that the tokenizer can represent, got {instruction!r}")
         gen_kwargs = problem.task.get_config("generation_kwargs") or {}
         until = gen_kwargs.get("until") or []
         stop = [until] if isinstance(until, str) else list(until)
         max_new = min(cfg.max_reasoning_tokens, int(gen_kwargs.get("max_gen_toks", cfg.max_reasoning_tokens)))
-        self.engine, self.tok, self.lm = Engine(lm, cfg, stop, max_new), tok, lm
+        self.engine, self.tok, self.lm, self.problem = Engine(lm, cfg, stop, max_new), tok, lm, problem
         self.multiple_choice = problem.task.get_config("output_type") == "multiple_choice"
-        self.extractor = cfg.extractor or EXTRACTORS.get(problem.plan.family, "The answer is")
-        self.examples = build_examples(problem, lm, self.text(prompt), self.extractor)
+        start = self.text(prompt)
+        self.initial_as_seen = None if start == instruction else start
+        if self.initial_as_seen is not None:
+            print(f"lm_eval_promptopt: {problem.task_name}: the tokenizer does not round-trip the initial instruction; the search starts from, and the harness sees, {start!r}")
+        self.examples, self.extractor = build_examples(problem, lm, start, cfg.extractor, self.fixed_prefix)
         if not self.examples:
             raise PromptOptError(f"{problem.task_name}: greater needs at least one optimize-train doc (train_size >= 1)")
+        self.first_doc = problem.docs("train")[0]
+        self.in_context = True
+        if not self.reencodes(prompt):
+            self.in_context = False
+            print(
+                f"lm_eval_promptopt: {problem.task_name}: the initial instruction tokenises differently inside the rendered prompt "
+                "(it merges with the text around it); candidates are checked for re-encoding on their own instead"
+            )
         self.allowed = allowed_token_mask(tok, self.engine.embeddings.shape[0])
-        self.placeholder = (tok.encode(" _", add_special_tokens=False) or tok.encode("_", add_special_tokens=False))[-1]
+        self.placeholder = placeholder_token(tok)
         return prompt
 
     # -- state helpers ---------------------------------------------------------------------
     def text(self, prompt: list[int]) -> str:
-        return self.tok.decode(self.fixed + prompt)
+        """The instruction the harness gets for `prompt` (never the text of a special token)."""
+        return self.tok.decode(self.fixed + prompt, skip_special_tokens=True)
 
     def reencodes(self, prompt: list[int]) -> bool:
-        return self.tok.encode(self.text(prompt), add_special_tokens=False) == self.fixed + prompt
+        """Whether the text of `prompt`, rendered by lm-eval into the first train doc's prompt and
+        encoded, gives exactly the ids the search uses (on its own where the initial one fails that)."""
+        text = self.text(prompt)
+        if not self.in_context:
+            return self.tok.encode(text, add_special_tokens=False) == self.fixed + prompt
+        rendered = self.problem.render(self.first_doc, text)
+        ex = self.examples[0]
+        return rendered.span is not None and self.lm.tok_encode(rendered.text) == ex.prefix + self.fixed + prompt + ex.rest
 
     def contexts(self, prompt: list[int]) -> list[list[int]]:
         return [ex.prefix + self.fixed + prompt + ex.rest for ex in self.examples]
@@ -407,18 +516,16 @@ class Greater(Optimizer):
                     skipped += 1
                     continue
                 chosen_ids.append(new)
+                if ends_sentence(self.tok.decode([token])) and pos >= 0.5 * initial_length:
+                    chosen_ids = [new]  # the period rule takes it whatever the others score: score it alone
+                    break
                 if len(chosen_ids) == CANDIDATES_SCORED:
                     break
             todo = [ids for ids in chosen_ids if tuple(ids) not in memo]
             for ids, scored in zip(todo, self.score(todo)):
                 remember(ids, scored)
-            best: list[int] | None = None
-            for ids in chosen_ids:
-                if "." in self.tok.decode([ids[pos]]) and pos >= 0.5 * initial_length:
-                    best = ids  # period rule: a sentence end in the second half is taken at once
-                    break
-                if best is None or memo[tuple(ids)].criterion <= memo[tuple(best)].criterion:
-                    best = ids  # ties go to the later candidate, as in the reference
+            ranked = [(ids, memo[tuple(ids)].criterion, self.tok.decode([ids[pos]])) for ids in chosen_ids]
+            best = select(ranked, pos, initial_length)
             if best is None:  # every candidate failed the re-encoding check: keep the prompt
                 best = list(prompt)
                 if tuple(best) not in memo:
@@ -428,7 +535,8 @@ class Greater(Optimizer):
                 "step": step,
                 "position": pos,
                 "candidates": [self.tok.decode([t]) for t in candidates],
-                "scored": {self.text(ids): round(memo[tuple(ids)].criterion, 6) for ids in chosen_ids},
+                "scored": {self.text(ids): round(c, 6) for ids, c, _ in ranked},
+                "ranked": [{"instruction": self.text(ids), "token": t, "criterion": c} for ids, c, t in ranked],
                 "chosen": self.text(best),
                 "criterion": scored.criterion,
                 "train_error": scored.error,
@@ -441,14 +549,7 @@ class Greater(Optimizer):
             prompt, reasoning, reasoning_for = list(best), scored.reasoning, list(best)
             if all(ids != prompt for _, ids in top):
                 top = sorted([*top, (scored.criterion, list(prompt))], key=lambda x: x[0])[:TOP_KEPT]
-            pos += 1
-            if pos >= len(prompt):
-                if "." in self.tok.decode([prompt[-1]]):
-                    pos = 0
-                else:
-                    prompt = [*prompt, self.placeholder]
-            if scored.criterion < RESTART_BELOW:
-                pos = 0
+            prompt, pos = advance(prompt, pos, scored.criterion, self.placeholder, ends_sentence(self.tok.decode([prompt[-1]])))
             state = {
                 "step": step + 1,
                 "prompt": prompt,
@@ -477,7 +578,7 @@ class Greater(Optimizer):
         """Candidate tokens for `pos`: per-example top-k, intersected over subsets, unioned; k grows."""
         cfg: GreaterConfig = self.config
         if cfg.proposal == "example":
-            contexts = [ex.question + self.fixed + prompt[:pos] for ex in self.examples]
+            contexts = [ex.question + prompt[:pos] for ex in self.examples]
         else:
             ex = self.examples[0]
             contexts = [ex.prefix + self.fixed + prompt[:pos]]
@@ -543,15 +644,17 @@ class Greater(Optimizer):
         """d loss / d one-hot over the candidates at `pos`, summed over examples, L2-normalised."""
         engine = self.engine
         weight = engine.embeddings
-        one_hot = torch.zeros(len(candidates), dtype=weight.dtype, device=weight.device)
+        # the one-hot, the loss and the gradient stay in float32 whatever the model's dtype
+        one_hot = torch.zeros(len(candidates), dtype=torch.float32, device=weight.device)
         one_hot[candidates.index(prompt[pos])] = 1.0
         one_hot.requires_grad_(True)
+        rows_c = weight[candidates].detach().float()
         seqs, answers, prompts, owner = self._rows(prompt, reasoning)
         for batch in self._example_batches():
             rows = [r for r, o in enumerate(owner) if o in batch]
             ids, mask = engine._batch([seqs[r] for r in rows])
             embeds = weight[ids].detach().clone()
-            slot = one_hot @ weight[candidates]
+            slot = (one_hot @ rows_c).to(weight.dtype)
             for j, r in enumerate(rows):
                 embeds[j, len(self.examples[owner[r]].prefix) + len(self.fixed) + pos] = slot
             hidden = engine._hidden(mask, embeds=embeds)
