@@ -12,6 +12,9 @@ from typing import Any
 from .errors import PromptOptError
 
 
+SPLIT_PRESETS = ("seeded", "paper", "greater", "gpo")
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """Options of the optimize-then-evaluate stage itself, shared by every optimizer."""
@@ -22,6 +25,9 @@ class RunOptions:
     """Optimize-train docs per task (default: the task family's rule)."""
     dev_size: int | None = None
     """Optimize-dev docs per task (default: the task family's rule)."""
+    split: str = "seeded"
+    """seeded: the task family's seeded plan; paper: the plan of the optimizer's paper (GReaTer's
+    rows for greater, GPO's sizes for gpo); greater / gpo: that paper's plan with any optimizer."""
     instruction: str | None = None
     """Initial instruction (default: the optimizer's own, e.g. empty for `none`)."""
     compare_baseline: bool = False
@@ -48,6 +54,10 @@ class RunOptions:
         for name in ("max_evals", "time_limit", "patience"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be above 0 (leave it out for no limit), got {getattr(self, name)}")
+        if self.split not in SPLIT_PRESETS:
+            raise ValueError(f"split must be one of {', '.join(SPLIT_PRESETS)}; got {self.split!r}")
+        if self.split != "seeded" and (self.train_size is not None or self.dev_size is not None):
+            raise ValueError(f"split={self.split} sets the sizes itself: leave out train_size and dev_size (or use split=seeded)")
         if self.metric is not None and "," not in self.metric:
             raise ValueError(f"metric must read `metric,filter` (e.g. exact_match,flexible-extract), got {self.metric!r}")
 

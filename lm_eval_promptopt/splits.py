@@ -5,6 +5,7 @@ Every plan is seeded, recorded in the results, and checked for zero overlap with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -23,6 +24,8 @@ _FAMILIES = {
 }
 # (train, dev) defaults per family; "internal" families split the evaluated split itself.
 _DEFAULT_SIZES = {"bbh": (50, 100), "mmlu": (50, 100), "gsm8k": (100, 100), "folio": (100, 100), "other": (50, 100)}
+PAPERS = {"greater": "GReaTer", "gpo": "GPO"}
+"""The papers whose plans `split=` names (and the optimizers whose own paper `split=paper` is)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,48 @@ def _sizes(options: RunOptions, defaults: tuple[int, int], budget: int, what: st
     return train, dev, "sizes from --optimize_args"
 
 
+def _fit(name: str, explicit: int | None, default: int, available: int, split: str, task_name: str) -> int:
+    """An explicit size must fit the docs available in its split; a default one is capped."""
+    if explicit is None:
+        return min(default, available)
+    if explicit > available:
+        raise PromptOptError(f"{task_name}: {name}={explicit}, but {split!r} has {available} usable docs; choose {name} <= {available}")
+    return explicit
+
+
+def resolve_split(options: RunOptions, optimizer_name: str) -> RunOptions:
+    """`split=paper` named as the optimizer's own paper (greater or gpo)."""
+    if options.split != "paper":
+        return options
+    if optimizer_name not in PAPERS:
+        raise PromptOptError(
+            f"split=paper uses the plan of the optimizer's paper, and {optimizer_name!r} has none: "
+            "use split=greater (GReaTer's rows) or split=gpo (GPO's sizes)"
+        )
+    return dataclasses.replace(options, split=optimizer_name)
+
+
+def _bbh_paper_plan(paper: str, evaluated: str, n: int, excluded: set[int], rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """(train, dev, rule) of a BBH task of `n` rows under GReaTer's or GPO's plan."""
+    pool = [i for i in range(n) if i not in excluded]
+    if paper == "greater":
+        # TextGrad's loader, as GReaTer ran it: rows [0:50] / [50:150] / [150:]; the three tasks
+        # too small for 100 held-out rows split the rows after 50 evenly between dev and held-out
+        dev = 100 if len(pool) - 50 >= 200 else (len(pool) - 50) // 2
+        train_idx, dev_idx = tuple(pool[:50]), tuple(pool[50 : 50 + dev])
+        rule = f"GReaTer's BBH rows of {evaluated!r} ({n} docs): train rows [0:50], dev the next {dev} rows, held-out the rest"
+        if dev < 100:
+            rule += " (too few rows for [50:150] / [150:]: the rows after 50 split evenly between dev and held-out)"
+    else:
+        # GPO: the task minus 10 (format and few-shot items), then 20 % / 20 % / 60 %
+        size = (n - 10) // 5
+        train_idx, dev_idx = _draw(pool, size, size, rng)
+        rule = f"GPO's BBH sizes, seeded draw from {evaluated!r} ({n} docs): {size} train / {size} dev ((n - 10) x 20 %), held-out the rest"
+    if excluded:
+        rule += f"; {len(excluded)} few-shot exemplars kept out of train/dev"
+    return train_idx, dev_idx, rule
+
+
 def plan_splits(
     task_name: str,
     config: Any,
@@ -129,6 +174,26 @@ def plan_splits(
     defaults = _DEFAULT_SIZES[family]
     rng = random.Random(f"{options.seed}:{task_name}")
     sources = optimize_sources(family, config, evaluated, lambda s: bool(split_size(s)))
+    paper, note = options.split if options.split in PAPERS else None, ""
+    if paper and family == "bbh":
+        n = split_size(evaluated) or 0
+        train_idx, dev_idx, rule = _bbh_paper_plan(paper, evaluated, n, fewshot_exemplars(evaluated), rng)
+        used = set(train_idx) | set(dev_idx)
+        heldout = Subset(evaluated, tuple(i for i in range(n) if i not in used))
+        plan = SplitPlan(family, rule, Subset(evaluated, train_idx), Subset(evaluated, dev_idx), heldout, False)
+        check_disjoint(task_name, plan)
+        return plan
+    if paper == "gpo" and family == "mmlu" and sources is not None and split_size(config.fewshot_split or "dev"):
+        # GPO's MMLU files: 20 train / 20 dev / ~60 test per subject; train from the few-shot
+        # split (`dev`), dev from `validation`, unless validation is the evaluated split
+        sources, defaults = (config.fewshot_split or "dev", sources[1]), (20, 20)
+        note = "GPO's MMLU sizes (20 / 20 per subject, capped by the splits); "
+    elif paper and family == "gsm8k":
+        note = f"{PAPERS[paper]}'s GSM8k sizes (100 / 100 from train; the paper's rows were drawn with an unknown seed); "
+    elif paper == "greater" and family == "folio":
+        note = "GReaTer's FOLIO sizes (100 / 100 from train; held-out: validation, as its 203-doc test); "
+    elif paper:
+        note = f"the {PAPERS[paper]} paper has no split for {family} tasks: the seeded default; "
 
     if sources is None:  # internal split of the evaluated split (BBH, test-only tasks)
         n = split_size(evaluated) or 0
@@ -145,7 +210,7 @@ def plan_splits(
             + (f"; {len(excluded)} few-shot exemplars kept out of train/dev" if excluded else "")
             + ")"
         )
-        plan = SplitPlan(family, rule, Subset(evaluated, train_idx), Subset(evaluated, dev_idx), heldout, False)
+        plan = SplitPlan(family, note + rule, Subset(evaluated, train_idx), Subset(evaluated, dev_idx), heldout, False)
     else:
         train_src, dev_src = sources
         pools = {}
@@ -158,9 +223,9 @@ def plan_splits(
             train_idx, dev_idx = _draw(pool, train, dev, rng)
         else:
             (train_pool, _), (dev_pool, _) = pools[train_src], pools[dev_src]
-            train = min(options.train_size if options.train_size is not None else defaults[0], len(train_pool))
-            dev = min(options.dev_size if options.dev_size is not None else defaults[1], len(dev_pool))
-            how = "sizes capped by the splits"
+            train = _fit("train_size", options.train_size, defaults[0], len(train_pool), train_src, task_name)
+            dev = _fit("dev_size", options.dev_size, defaults[1], len(dev_pool), dev_src, task_name)
+            how = "sizes from --optimize_args" if options.train_size is not None or options.dev_size is not None else "default sizes, capped by the splits"
             train_idx, _ = _draw(train_pool, train, 0, rng)
             dev_idx, _ = _draw(dev_pool, dev, 0, rng)
         heldout = Subset(evaluated, tuple(range(split_size(evaluated) or 0)))
@@ -170,7 +235,7 @@ def plan_splits(
             + (f"; {excluded}" if excluded else "")
             + f"); held-out: all of {evaluated!r}"
         )
-        plan = SplitPlan(family, rule, Subset(train_src, train_idx), Subset(dev_src, dev_idx), heldout, True)
+        plan = SplitPlan(family, note + rule, Subset(train_src, train_idx), Subset(dev_src, dev_idx), heldout, True)
     check_disjoint(task_name, plan)
     return plan
 

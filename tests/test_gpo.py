@@ -199,16 +199,18 @@ def test_embedding_model_that_cannot_load_is_a_clear_error(monkeypatch, tmp_path
 # -- config -----------------------------------------------------------------------------------------
 
 
-def test_config_defaults_are_the_papers_and_bad_values_are_refused(monkeypatch):
+def test_config_defaults_follow_gpo_sh_and_bad_values_are_refused(monkeypatch):
+    """GPO.sh's values (spec §2), except optimizer_model: `self` runs offline (GPO.sh: gpt-3.5-turbo)."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     _, config = parse_optimize_args("retrieval=recency", "gpo", GPOConfig)
     assert (config.optimizer_model, config.temperature, config.samples, config.max_tokens) == ("self", 1.0, 8, 512)
     assert (config.epochs, config.batch, config.k, config.update, config.schedule) == (3, 8, 3, "generation", "cosine")
-    assert (config.order, config.exemplars, config.embedding_model) == ("ascending", 3, "BAAI/bge-base-en-v1.5")
+    assert (config.order, config.exemplars, config.embedding_model) == ("descending", 3, "BAAI/bge-base-en-v1.5")  # GPO.sh
     assert (config.budget_start, config.budget_end, config.warmup) == (50, 10, 0)
     assert GPOConfig.__dataclass_fields__["retrieval"].default == "relevance"
     assert GPOConfig.__dataclass_fields__["embedding_model"].default == "BAAI/bge-base-en-v1.5"
+    assert GPO.default_instruction == "Let's think step by step." and total_steps(48, config.epochs, config.batch) == 18
     for args, needle in [
         ("retrieval=similar", "retrieval must be one of relevance, recency, importance, none"),
         ("retrieval=none,update=rewrite", "update must be one of generation, editing"),
@@ -389,7 +391,7 @@ def toy_problem(seed: int = 0) -> tuple[Problem, ToyObjective, Records]:
 
 def run_gpo(server: ScriptedServer, seed: int = 0, **kw):
     problem, objective, records = toy_problem(seed)
-    config = GPOConfig(optimizer_model="scripted", optimizer_base_url=server.url, retrieval="recency", **kw)
+    config = GPOConfig(optimizer_model="scripted", optimizer_base_url=server.url, **{"retrieval": "recency", **kw})
     return GPO(config).optimize(problem), objective, records
 
 
@@ -421,11 +423,35 @@ def test_gpo_loop_one_winner_per_step_no_rescoring_forced_moves_best_dev_kept():
     # the result: the best dev score in the trajectory
     assert result.instruction == "Focus on the task." and result.details["best_step"] == 1
     assert result.details["optimizer"]["usage"]["requests"] == 3 and result.details["retrieval"] == "recency"
-    assert [s["shown"][-1]["instruction"] for s in steps] == [t["instruction"] for t in trajectory[:3]]  # ascending: current last
+    assert [s["shown"][0]["instruction"] for s in steps] == [t["instruction"] for t in trajectory[:3]]  # descending: current first
     # deterministic given the seed
     assert again.details["trajectory"] == trajectory
     calls = [e for e in records_again.entries if e.get("kind") == "optimizer_call"]
     assert [c["request"]["seed"] for c in calls] == [r["seed"] for r in server.requests[3:]]
+
+
+@pytest.mark.parametrize("order", ["descending", "ascending"])
+def test_each_step_shows_the_relevance_retrieval_in_the_configured_order(order, minilm):
+    """Inside the loop: the entries a step shows are the current one and its most similar earlier
+    ones (real embeddings), listed current first (descending, GPO.sh) or last (ascending)."""
+    with ScriptedServer(from_pool) as server:
+        _, _, records = run_gpo(server, epochs=4, retrieval="relevance", embedding_model=minilm, order=order)
+        prompts = server.prompts()
+    embed = Embedder(minilm)
+    steps = [e for e in records.entries if e.get("kind") == "gpo_step"]
+    trajectory = [Entry("Let's think step by step.", 0.0, 0)]
+    differs_from_recency = False
+    assert len(steps) == len(prompts) == 4  # one request (n=8) per step
+    for step, prompt in zip(steps, prompts):
+        expected = retrieve(trajectory, 3, "relevance", embed)
+        differs_from_recency |= instructions(expected) != instructions(retrieve(trajectory, 3, "recency"))
+        if order == "ascending":
+            expected.reverse()
+        assert [e["instruction"] for e in step["shown"]] == instructions(expected)
+        positions = [prompt.index(f"Prompt: {e.instruction}\nScore:") for e in expected]
+        assert positions == sorted(positions)  # the meta-prompt lists them in that order
+        trajectory.append(Entry(step["chosen"], step["dev_score"], step["step"]))
+    assert differs_from_recency  # on these steps the test tells relevance from recency
 
 
 def test_ascending_order_lists_the_current_entry_last():

@@ -171,7 +171,7 @@ def test_every_step_follows_the_selection_and_position_rules(lm, tasks):
     result = run_greater(lm, tasks[TASK], steps=6)
     steps = [s for s in result.details["steps"] if "step" in s]
     assert len(steps) == 6
-    initial_length = len(Greater.default_instruction.split()) and len(lm.tokenizer.encode(Greater.default_instruction[3:], add_special_tokens=False))
+    initial_length = len(lm.tokenizer.encode(Greater.default_instruction[3:], add_special_tokens=False))
     for step, following in zip(steps, steps[1:]):
         ranked = [(r["instruction"], r["criterion"], r["token"]) for r in step["ranked"]]
         assert 1 <= len(ranked) <= 3

@@ -82,9 +82,10 @@ class GPOConfig:
     retrieval: str = "relevance"
     """Which entries: relevance (embedding similarity to the current), recency, importance (best
     dev scores), none (the current only)."""
-    order: str = "ascending"
+    order: str = "descending"
     """How the shown entries are listed: descending (the current one first, then by relevance,
-    recency or score, as the released GPO.sh ran) or ascending (the reverse, as the paper reads)."""
+    recency or score: as the released GPO.sh ran for the paper's numbers) or ascending (the
+    reverse, the current one last: as the paper's text describes it)."""
     update: str = "generation"
     """generation (write a new instruction) or editing (modify the current one)."""
     schedule: str = "cosine"

@@ -172,7 +172,6 @@ class Engine:
         self.tok = lm.tokenizer
         self.device = lm.device
         self.config = config
-        self.stop = stop
         self.max_new = max_new
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.eos = {i for i in [self.tok.eos_token_id, getattr(lm, "eot_token_id", None)] if i is not None}
@@ -297,6 +296,26 @@ class Engine:
         return answer_logits, answer_gold, prompt_nll
 
 
+def pieces_in_context(lm: Any, text: str, span: tuple[int, int]) -> tuple[list[int], list[int], list[int]] | None:
+    """(before, instruction, after): the ids of `text` as lm-eval encodes it whole, split at the
+    instruction's character `span`; None where a token straddles an edge of the span."""
+    ids = lm.tok_encode(text)
+    encoded = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    plain, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+    extra = len(ids) - len(plain)
+    if extra < 0 or ids[extra:] != plain:
+        return None
+    parts: tuple[list[int], list[int], list[int]] = (list(ids[:extra]), [], [])
+    part = 0
+    for token, (start, end) in zip(plain, offsets):
+        where = 0 if end <= span[0] and start < span[0] else 2 if start >= span[1] else 1 if span[0] <= start and end <= span[1] else -1
+        if where < part:  # straddles an edge, or out of order
+            return None
+        part = where
+        parts[part].append(token)
+    return parts
+
+
 def split_pair(tok: Any, context: str, answer: str) -> tuple[list[int], list[int]]:
     """Ids of `context` and of `answer` after it: the answer's ids as they tokenise after the
     context where the joint encoding extends the context's, else the answer encoded alone."""
@@ -319,9 +338,11 @@ def _extractor_pieces(setting: str, frame_text: str, space: bool, written: str, 
     return sep + setting, " " + gold
 
 
-def build_examples(problem: Problem, lm: Any, instruction: str, extractor: str, fixed_prefix: str) -> tuple[list[Example], str | None]:
-    """Each train doc, rendered by lm-eval with `instruction`, as token pieces around it; and the
-    extractor frame used (None for multiple choice, which has no reasoning)."""
+def build_examples(
+    problem: Problem, lm: Any, instruction: str, instruction_ids: list[int], extractor: str, fixed_prefix: str
+) -> tuple[list[Example], str | None]:
+    """Each train doc, rendered by lm-eval with `instruction` (whose ids are `instruction_ids`), as
+    token pieces around it; and the extractor frame used (None for multiple choice: no reasoning)."""
     task, tok, family = problem.task, lm.tokenizer, problem.plan.family
     docs = problem.docs("train")
     questions = [raw_question(task, doc, family) for doc in docs]
@@ -336,8 +357,12 @@ def build_examples(problem: Problem, lm: Any, instruction: str, extractor: str, 
         rendered = problem.render(doc, instruction)
         if rendered.span is None:
             raise PromptOptError(f"{problem.task_name}: could not locate the instruction in the rendered prompt")
-        prefix = lm.tok_encode(rendered.text[: rendered.span[0]])
-        rest = tok.encode(rendered.text[rendered.span[1] :], add_special_tokens=False)
+        pieces = pieces_in_context(lm, rendered.text, rendered.span)
+        if pieces is not None and pieces[1] == instruction_ids:  # the doc's own ids around the instruction
+            prefix, _, rest = pieces
+        else:
+            prefix = lm.tok_encode(rendered.text[: rendered.span[0]])
+            rest = tok.encode(rendered.text[rendered.span[1] :], add_special_tokens=False)
         proposal = lm.tok_encode(f"{questions[i]}. {fixed_prefix}")
         if multiple_choice:
             choices = [str(c) for c in task.doc_to_choice(doc)]
@@ -442,10 +467,12 @@ class Greater(Optimizer):
         self.initial_as_seen = None if start == instruction else start
         if self.initial_as_seen is not None:
             print(f"lm_eval_promptopt: {problem.task_name}: the tokenizer does not round-trip the initial instruction; the search starts from, and the harness sees, {start!r}")
-        self.examples, self.extractor = build_examples(problem, lm, start, cfg.extractor, self.fixed_prefix)
-        if not self.examples:
+        docs = problem.docs("train")
+        if not docs:
             raise PromptOptError(f"{problem.task_name}: greater needs at least one optimize-train doc (train_size >= 1)")
-        self.first_doc = problem.docs("train")[0]
+        self.first_doc = docs[0]
+        prompt = self._ids_in_context(start, prompt)
+        self.examples, self.extractor = build_examples(problem, lm, start, self.fixed + prompt, cfg.extractor, self.fixed_prefix)
         self.in_context = True
         if not self.reencodes(prompt):
             self.in_context = False
@@ -455,6 +482,21 @@ class Greater(Optimizer):
             )
         self.allowed = allowed_token_mask(tok, self.engine.embeddings.shape[0])
         self.placeholder = placeholder_token(tok)
+        return prompt
+
+    def _ids_in_context(self, start: str, prompt: list[int]) -> list[int]:
+        """The initial prompt's ids as they tokenise inside the rendered prompt (a SentencePiece
+        tokenizer writes "Use" at the start of a line without its word-start mark); `self.fixed`
+        becomes the in-context ids of "Use". Where they cannot be told apart: the ids as given."""
+        rendered = self.problem.render(self.first_doc, start)
+        pieces = None if rendered.span is None else pieces_in_context(self.lm, rendered.text, rendered.span)
+        if pieces is None or self.tok.decode(pieces[1], skip_special_tokens=True) != start:
+            return prompt
+        ids, fixed = pieces[1], self.tok.decode(self.fixed, skip_special_tokens=True).strip()
+        for j in range(1, len(ids)):
+            if self.tok.decode(ids[:j], skip_special_tokens=True).strip() == fixed:
+                self.fixed = ids[:j]
+                return ids[j:]
         return prompt
 
     # -- state helpers ---------------------------------------------------------------------
