@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -74,6 +75,31 @@ def add_argument_group(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _lm_eval_setting(args: argparse.Namespace, key: str, default: Any = None) -> Any:
+    """A setting as lm-eval resolves it: the flag, else the `--config` YAML's, else `default`."""
+    value = getattr(args, key, None)
+    if value or value == 0:
+        return value
+    if getattr(args, "config", None):
+        from lm_eval.config.evaluate_config import EvaluatorConfig
+
+        with contextlib.suppress(Exception):  # (a bad config file: lm-eval reports it)
+            return EvaluatorConfig.load_yaml_config(args.config).get(key, default)
+    return default
+
+
+def check_output_folder(output_path: str | None) -> None:
+    """The run folders go under `--output_path`: refuse one that cannot be written, before any work."""
+    from .pipeline import DEFAULT_OUTPUT
+    from .report import unwritable
+
+    folder = Path(output_path) if output_path else DEFAULT_OUTPUT
+    folder = folder.parent if folder.suffix == ".json" else folder
+    reason = unwritable(folder)
+    if reason:
+        raise PromptOptError(f"cannot write the run folder under {folder} ({reason}); pass a writable --output_path")
+
+
 def _error(message: str, code: int = 2) -> None:
     print(f"lm_eval: error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -103,25 +129,42 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
     from .optimizers import get_optimizer
     from .options import parse_optimize_args
     from .pipeline import OptimizeRun
+    from .splits import resolve_split
     from .store import InstructionCache, default_cache_dir
+    from .transfer import read_source
 
+    run = None
     try:
         if plugin["optimize"] and plugin["optimized_prompts"]:
             raise PromptOptError("use either --optimize (search) or --optimized_prompts (no search), not both")
         optimizer_cls = get_optimizer(plugin["optimize"] or "none")
         options, config = parse_optimize_args(plugin["optimize_args"], optimizer_cls.name, optimizer_cls.config_class)
+        options = resolve_split(options, optimizer_cls.name)
         given = load_prompts(Path(plugin["optimized_prompts"])) if plugin["optimized_prompts"] else None
         cache = InstructionCache(Path(plugin["optimize_cache"]) if plugin["optimize_cache"] else default_cache_dir())
+        if given is None:
+            cache.check_writable()  # before any search, not after it
+        if options.exclude_source_docs and given is None:
+            raise PromptOptError("exclude_source_docs=true applies to --optimized_prompts only")
         if getattr(args, "samples", None):
             raise PromptOptError("--samples cannot be combined with --optimize: the plugin selects the held-out docs (use --limit to cap them)")
         if getattr(args, "cache_requests", None):
             raise PromptOptError("--cache_requests cannot be combined with --optimize: lm-eval's request cache ignores which docs are selected (lm-eval PR #4105)")
+        if getattr(args, "limit", None) is not None and args.limit <= 0:
+            raise PromptOptError(f"--limit {args.limit:g}: give a number of held-out docs per task above 0 (or leave it out for all of them)")
+        if getattr(args, "system_instruction", None) and options.instruction is not None:
+            raise PromptOptError("the initial instruction is given twice: pass either --system_instruction or --optimize_args instruction=..., not both")
+        checks = optimizer_cls(config)  # before lm-eval's set-up, the model load and any paid call
+        checks.check_model(_lm_eval_setting(args, "model", "hf"))
+        checks.preflight()
+        check_output_folder(_lm_eval_setting(args, "output_path"))
         include = [str(task_configs_dir())]
         given_path = getattr(args, "include_path", None)
         if given_path and not Path(given_path).resolve().is_relative_to(task_configs_dir().resolve()):
             include.append(given_path)  # (ours are already included: twice would warn of duplicate tasks)
         args.include_path = include
-        run = OptimizeRun(optimizer_cls, config, options, cache=None if given else cache, given_prompts=given)
+        source = read_source(Path(plugin["optimized_prompts"])) if given is not None else None
+        run = OptimizeRun(optimizer_cls, config, options, cache=None if given else cache, given_prompts=given, given_source=source)
         from lm_eval.evaluator import simple_evaluate as stock
 
         with _simple_evaluate_replaced(lambda **kw: run.simple_evaluate(stock, **kw)):
@@ -132,7 +175,20 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
                     raise StageError("task load", f"{err} (list tasks with `lm_eval ls tasks`; add task folders with --include_path)") from None
                 raise
     except PromptOptError as err:
+        if run is not None:
+            run.finish("failed")
         _error(str(err), err.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        if run is not None:
+            run.finish("interrupted")
+        if run is None or run.is_main:
+            command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+            print(f"\nlm_eval: interrupted; {run.interrupted() if run else 'nothing was saved yet'}. Resume with the same command: {command}", file=sys.stderr)
+        sys.exit(130)
+    except Exception:
+        if run is not None:
+            run.finish("failed")
+        raise
     if run.is_main:
         print(run.summary())
 

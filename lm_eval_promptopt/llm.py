@@ -3,19 +3,24 @@
 Both send one user message and return `n` sampled completions. Every request and its response
 (or error) is passed to a `log` callback, in request order, with a stable `request_key` (a hash
 of the request): for audit, and so that a resume can find the answers it already paid for.
-The API key is never logged.
+The API key, and credentials written into the endpoint URL (`http://user:key@host`), are never
+logged: records and messages name the endpoint without them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from tqdm.auto import tqdm
 
 from .errors import StageError
 
@@ -63,6 +68,16 @@ class OptimizerLLMError(StageError):
         self.status = status
 
 
+def redact_url(url: str | None) -> str | None:
+    """`url` without the credentials of its user-info part (`http://user:key@host` -> `http://host`)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def request_key(request: dict[str, Any]) -> str:
     """A stable id of a request (model, messages, sampling settings, seed)."""
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode("utf-8")).hexdigest()[:16]
@@ -96,8 +111,12 @@ class OpenAIChat:
     refusal), and from then on only such requests. Rate limits (429),
     408/409, server errors (5xx), timeouts and connection errors are retried up to `max_retries`
     times, waiting what the server's `Retry-After` asks, else `backoff * 2**attempt` seconds
-    (at most `max_backoff`); any other error ends the run at once. A request whose key is in
-    `replay` is answered from there and not sent.
+    (at most `max_backoff`); any other error ends the run at once. An answer with no usable
+    completion (`choices: []`, or every text empty or rejected by `usable`) is a fault too, and
+    retried the same way; after the last retry it is returned as it is (the caller sees no
+    usable text). The first retry says so on stderr, once. A request whose key is in `replay`
+    is answered from there and not sent. Credentials in `base_url` are used for the requests
+    but kept out of every record and message.
     """
 
     backend = "openai"
@@ -116,12 +135,15 @@ class OpenAIChat:
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        usable: Callable[[str], bool] = lambda text: bool(text.strip()),
     ) -> None:
         import openai
 
         self.model = model
-        self.base_url = base_url
-        self._secret = api_key
+        self.base_url = redact_url(base_url)
+        """The endpoint as records and messages name it (no credentials)."""
+        password = urlsplit(base_url).password if base_url else None
+        self._secrets = [s for s in (api_key, password, unquote(password or "")) if s]
         # The client's own retries are off: this class retries, bounded and logged.
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=0)
         self.timeout = timeout
@@ -133,9 +155,11 @@ class OpenAIChat:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.sleep = sleep
+        self.usable = usable
         self.supports_n: bool | None = None
         self.usage = Usage()
         self._lock = threading.Lock()
+        self._told_retrying = False
 
     def sample(self, prompt: str, n: int, *, temperature: float, max_tokens: int, seed: int) -> list[str]:
         messages = [{"role": "user", "content": prompt}]
@@ -147,9 +171,13 @@ class OpenAIChat:
                 if n == 1 or err.status != 400:
                     raise
                 got = []  # the endpoint refuses n > 1: one request per sample
-            texts += got[:n]
-            if n > 1:
-                self.supports_n = len(got) >= n
+                self.supports_n = False
+            else:
+                texts += got[:n]
+                if not got:
+                    return texts  # no choices even after the retries: one request per sample would only repeat it
+                if n > 1:
+                    self.supports_n = len(got) >= n
         missing = n - len(texts)
         if missing > 0:
             start = seed + len(texts)
@@ -208,10 +236,11 @@ class OpenAIChat:
                 record["attempts"][-1]["wait_s"] = wait
                 with self._lock:
                     self.usage.retries += 1
+                self._tell_retrying(failure)
                 self.sleep(wait)
                 continue
             choices = sorted(response.choices or [], key=lambda c: c.index)
-            texts = [(c.message.content or "") for c in choices]
+            texts = [((c.message.content if c.message else None) or "") for c in choices]
             usage = response.usage
             tokens = {"prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0, "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
             with self._lock:
@@ -224,6 +253,17 @@ class OpenAIChat:
                 "usage": tokens,
                 "model": getattr(response, "model", None),
             }
+            if not any(map(self.usable, texts)):  # an answer with nothing in it: a fault like a 5xx
+                fault = "no usable answer: " + (f"{len(texts)} choice(s), all empty or unparsable" if texts else "no choices")
+                record["attempts"].append({"error": fault})
+                if attempt < self.max_retries:
+                    record["attempts"][-1]["wait_s"] = wait = min(self.backoff * 2**attempt, self.max_backoff)
+                    with self._lock:
+                        self.usage.retries += 1
+                    self._tell_retrying(fault)
+                    self.sleep(wait)
+                    continue
+                record["unusable"] = True
             record["seconds"] = round(time.perf_counter() - start, 3)
             return texts, record
         raise AssertionError("unreachable")
@@ -237,6 +277,20 @@ class OpenAIChat:
         status = getattr(err, "status_code", None)
         return isinstance(err, openai.APIStatusError) and (status in (408, 409, 429) or (status or 0) >= 500)
 
+    def _tell_retrying(self, failure: str) -> None:
+        """One line on stderr at the first retry of this client: a failing endpoint is never silent."""
+        with self._lock:
+            if self._told_retrying:
+                return
+            self._told_retrying = True
+        most = sum(min(self.backoff * 2**i, self.max_backoff) for i in range(self.max_retries))
+        where = self.base_url or "the OpenAI API"
+        tqdm.write(
+            f"lm_eval_promptopt: optimizer model {self.model!r} at {where}: {failure}; retrying "
+            f"(up to {self.max_retries} retries, about {most:.0f} s of waiting; each attempt is logged in the trajectory)",
+            file=sys.stderr,
+        )
+
     def _wait(self, err: Exception, attempt: int) -> float:
         headers = getattr(getattr(err, "response", None), "headers", None) or {}
         for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
@@ -249,8 +303,9 @@ class OpenAIChat:
     def _describe(self, err: Exception) -> str:
         status = getattr(err, "status_code", None)
         text = f"{type(err).__name__}" + (f" (HTTP {status})" if status else "") + f": {err}"
-        text = " ".join(text.split())[:500]
-        return text.replace(self._secret, "***") if self._secret else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return " ".join(text.split())[:500]
 
 
 class SelfLM:

@@ -45,6 +45,10 @@ class RunOptions:
     keep_initial: bool = True
     """Keep the initial instruction where it scores better on optimize-dev than the search's
     choice (false: the search's own choice, as the papers pick it)."""
+    exclude_source_docs: bool = False
+    """With --optimized_prompts: evaluate held-out minus the docs the given instructions were
+    optimized on (their file's recorded plan), instead of refusing a run whose held-out docs
+    include them."""
 
     def __post_init__(self) -> None:
         if self.train_size is not None and self.train_size < 0:

@@ -39,12 +39,14 @@ from .report import (
     SCHEMA_VERSION,
     Trajectory,
     comparison_rows,
+    fill_tracker,
     format_table,
     plot_dev_scores,
     write_json,
 )
 from .splits import SplitPlan, plan_splits
 from .store import InstructionCache, digest, model_identity
+from .transfer import Source, check_transfer
 
 
 @dataclass
@@ -114,12 +116,16 @@ def root_items(loaded: dict[str, Any]) -> list[Any]:
     return roots + [t for name, t in loaded["tasks"].items() if name not in children]
 
 
+DEFAULT_OUTPUT = Path("lm_eval_promptopt_runs")
+"""Where run folders go without --output_path."""
+
+
 def default_run_dir(kw: dict[str, Any]) -> Path:
     from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
     from lm_eval.utils import sanitize_model_name
 
     tracker = kw.get("evaluation_tracker")
-    output = Path(tracker.output_path) if tracker is not None and tracker.output_path else Path("lm_eval_promptopt_runs")
+    output = Path(tracker.output_path) if tracker is not None and tracker.output_path else DEFAULT_OUTPUT
     if output.suffix == ".json":
         output = output.parent
     model_name = GeneralConfigTracker._get_model_name(kw.get("model_args")) or str(kw.get("model"))
@@ -182,8 +188,24 @@ class ProcessGroup:
                 inner._rank, inner._world_size = saved
 
 
+def lock_file(path: Path, wait: bool) -> Any | None:
+    """An OS lock on `path` (held while the returned handle is open; released when the process
+    ends, even by SIGKILL), or None where another process holds it and not `wait`."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def find_interrupted_run(parent: Path, run_key: str) -> Path | None:
-    """The newest run folder under `parent` that the same command started and did not finish."""
+    """The newest run folder under `parent` that the same command started and did not finish
+    (its `run.json` says `running`, `failed` or `interrupted`)."""
     for run in sorted(parent.glob("prompt_optimization_*"), reverse=True):
         try:
             info = json.loads((run / "run.json").read_text(encoding="utf-8"))
@@ -224,6 +246,12 @@ class OptimizeRun:
     is_main: bool = True
     """False on the other processes of an `accelerate launch` run (they write no summary files)."""
     process: int = 0
+    given_source: Source | None = None
+    """Where the given prompts came from and the split plans it records (the transfer check)."""
+    transfer: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _marked: str | None = None
+    """Set once this process has marked `run_dir/run.json` running (it marks how the run ends)."""
+    _lock: Any = None
 
     def initial_instruction(self, kw: dict[str, Any]) -> str:
         if self.options.instruction is not None:
@@ -248,22 +276,14 @@ class OptimizeRun:
             **{name: kw.get(f"{name}_random_seed") for name in ("numpy", "torch", "fewshot")},
         }
         initial = self.initial_instruction(kw)
-        run_key = self._run_key(kw)
         group = ProcessGroup.current()
         if group.rank == 0:
-            self.run_dir = None if self.options.refresh else find_interrupted_run(default_run_dir(kw).parent, run_key)
-            if self.run_dir is not None:
-                print(f"lm_eval_promptopt: resuming the interrupted run in {self.run_dir} (refresh=true starts afresh)")
-            self.run_dir = self.run_dir or default_run_dir(kw)
-            write_json(self.run_dir / "run.json", {"run_key": run_key, "status": "running"})
+            self._open_run_dir(kw, self._run_key(kw))
         self.run_dir = group.broadcast(self.run_dir)
         self.is_main, self.process = group.rank == 0, group.rank
-        with self._phase("model load"):
-            lm = build_lm(kw)
         with self._phase("task load"):
             loaded = kw["task_manager"].load(kw["tasks"])
             apply_task_overrides(loaded["tasks"], kw)
-        placement = detect_placement(lm, kw.get("apply_chat_template", False))
         eval_kwargs = {
             "apply_chat_template": kw.get("apply_chat_template", False),
             "fewshot_as_multiturn": kw.get("fewshot_as_multiturn", False),
@@ -273,11 +293,20 @@ class OptimizeRun:
             missing = sorted(set(loaded["tasks"]) - set(self.given_prompts))
             if missing:
                 raise PromptOptError(f"--optimized_prompts has no instruction for: {', '.join(missing)}; add them or drop those tasks")
+            extra = sorted(set(self.given_prompts) - set(loaded["tasks"]))
+            if extra and self.is_main:
+                print(f"lm_eval_promptopt: --optimized_prompts: ignoring the instructions for tasks not in this run: {', '.join(extra)}")
         heldout: dict[str, list[int]] = {}
         metrics: dict[str, str] = {}
         failures: dict[str, str] = {}
         prepared = {name: self._plan(name, task, kw) for name, task in loaded["tasks"].items()}
         plans = {name: plan for name, (_, plan) in prepared.items()}
+        if self.given_prompts is not None and self.given_source is not None:
+            self.transfer = check_transfer(self.given_source, self.given_prompts, plans, self.options.exclude_source_docs)
+            prepared = {name: (splits, plans[name]) for name, (splits, _) in prepared.items()}
+        with self._phase("model load"):  # after the tasks and their plans: a bad size fails before it
+            lm = build_lm(kw)
+        placement = detect_placement(lm, kw.get("apply_chat_template", False))
         optimizer = self.optimizer_cls(self.config)
         if self.given_prompts is None and self.is_main:
             print(projected_cost_table(optimizer, plans))
@@ -310,10 +339,12 @@ class OptimizeRun:
             heldout[outcome.task] = list(plans[outcome.task].heldout.indices)
         if failures:
             names = ", ".join(f"{task} ({why})" for task, why in failures.items())
+            cached = self.cache is not None and all(o.cache_entry for o in self.outcomes if o.source == "search")
             raise StageError(
                 "optimizer",
-                f"search failed for {names}; the other tasks' searches are in {self.run_dir} and in the "
-                f"instruction cache, so a rerun repeats only the failed ones (traceback: {self.run_dir / 'error.log'})",
+                f"search failed for {names}; the other tasks' searches are in {self.run_dir}"
+                f"{' and in the instruction cache' if cached else ''}, so a rerun repeats only the failed ones "
+                f"(traceback: {self.run_dir / 'error.log'})",
             )
 
         limit = kw.get("limit")
@@ -339,14 +370,56 @@ class OptimizeRun:
             results = stock(**final_kw)
         if results is None:  # not the main process
             return None
+        instructions = {o.task: o.final_instruction for o in self.outcomes}
+        fill_tracker(kw.get("evaluation_tracker"), instructions, kw["model"], kw.get("model_args"), self.run_dir.parent.name)
         if isinstance(kw["model"], str):  # name the model as a stock run does, not the LM class
             results["config"]["model"] = kw["model"]
         if baseline is not None:
             self.comparison = comparison_rows(baseline, results, metrics)
         results["prompt_optimization"] = self.section()
         self._write_outputs()
-        write_json(self.run_dir / "run.json", {"run_key": run_key, "status": "complete"})
+        self.finish("complete")
         return results
+
+    def _open_run_dir(self, kw: dict[str, Any], run_key: str) -> None:
+        """Resume the same command's unfinished run folder or start one; lock it and mark it running.
+        The lock refuses a second live run of the same command (it would pay every call twice)."""
+        new = default_run_dir(kw)
+        try:
+            # one process at a time chooses its folder, so two runs started together cannot both miss each other
+            with contextlib.closing(lock_file(new.parent / ".prompt_optimization.lock", wait=True)):
+                found = None if self.options.refresh else find_interrupted_run(new.parent, run_key)
+                self.run_dir = found or new
+                self._lock = lock_file(self.run_dir / ".lock", wait=False)
+                if self._lock is None:
+                    raise PromptOptError(
+                        f"another lm_eval process is running this command in {self.run_dir} now; wait for it to "
+                        "finish, or stop it and rerun to resume it, or pass another --output_path"
+                    )
+                write_json(self.run_dir / "run.json", {"run_key": run_key, "status": "running"})
+        except OSError as err:
+            raise PromptOptError(f"cannot write the run folder {new.parent} ({err.strerror or err}); pass a writable --output_path") from None
+        self._marked = run_key
+        if found is not None:
+            print(f"lm_eval_promptopt: resuming the interrupted run in {self.run_dir} (refresh=true starts afresh)")
+
+    def finish(self, status: str) -> None:
+        """Mark how the run ended in `run.json` (`complete`, `failed`, `interrupted`) and unlock it;
+        a rerun of the same command resumes any run that did not complete."""
+        if self._marked is None:
+            return
+        write_json(self.run_dir / "run.json", {"run_key": self._marked, "status": status})
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def interrupted(self) -> str:
+        """What an interrupted run has saved (one line)."""
+        if self.run_dir is None or self._marked is None:
+            return "nothing was saved yet"
+        searched = [o.task for o in self.outcomes if o.source != "given"]
+        done = f"the finished searches ({', '.join(searched)})" if searched else "no finished search"
+        return f"saved in {self.run_dir}: {done} and each unfinished search up to its last completed step"
 
     def _run_key(self, kw: dict[str, Any]) -> str:
         """What makes a rerun "the same command" (and so resumes an interrupted run)."""
@@ -377,7 +450,8 @@ class OptimizeRun:
             trajectory = Trajectory(trajectory_path)
             trajectory.append({"kind": "given", "instruction": self.given_prompts[name]})
             outcome.update(final_instruction=self.given_prompts[name], source="given", initial_dev_score=None, final_dev_score=None)
-            return TaskOutcome(**outcome, stop_reason="given", evaluations=0, wall_time_s=0.0, trajectory_file=str(trajectory_path))
+            details = {"transfer_check": self.transfer[name]} if name in self.transfer else {}
+            return TaskOutcome(**outcome, stop_reason="given", evaluations=0, wall_time_s=0.0, trajectory_file=str(trajectory_path), details=details)
         key = self._cache_key(name, task, lm, kw, plan, placement, initial, metric, eval_kwargs)
         checkpoint = Checkpoint(self.run_dir / "state" / f"{name}.json", digest(key))
         saved = checkpoint.load() or {}
@@ -442,7 +516,8 @@ class OptimizeRun:
             details=result.details,
         )
         if self.cache is not None:
-            searched.cache_entry = str(self.cache.save(key, asdict(searched)))
+            entry = self.cache.save(key, asdict(searched))  # a failed write warns; the run's outputs hold the search
+            searched.cache_entry = str(entry) if entry else None
         checkpoint.save({"outcome": asdict(searched)})
         return searched
 
@@ -514,7 +589,8 @@ class OptimizeRun:
             scores = "" if o.final_dev_score is None else f"dev {o.initial_dev_score:.4f} -> {o.final_dev_score:.4f}  "
             origin = {"cache": " (cached search)", "given": " (given)"}.get(o.source, "")
             lines.append(f"{o.task}: {scores}instruction{origin}: {o.final_instruction!r}")
-        lines.append(f"prompt optimization outputs: {self.run_dir} (prompt_optimization.json, optimized_prompts.json, trajectories/, dev_scores.png)")
+        plot = ", dev_scores.png" if (self.run_dir / "dev_scores.png").exists() else ""
+        lines.append(f"prompt optimization outputs: {self.run_dir} (prompt_optimization.json, optimized_prompts.json, trajectories/{plot})")
         return "\n".join(lines)
 
 

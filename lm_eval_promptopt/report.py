@@ -11,14 +11,34 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a crash never leaves a half-written file)."""
+    """Write JSON atomically (a crash never leaves a half-written file), with the mode the umask
+    gives any new file (a shared cache stays shared)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
         handle.write("\n")
     os.replace(tmp, path)
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written in `folder` (created if missing), or None if they can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        return "a file, not a folder" if folder.is_file() else (err.strerror or str(err))
+    return None
 
 
 class Trajectory:
@@ -96,8 +116,13 @@ def dev_curve(trajectory_file: str | Path) -> list[float]:
     return [e["score"] for e in entries if e.get("split") == "dev" and "score" in e]
 
 
-def plot_dev_scores(section: dict[str, Any], path: Path) -> Path:
-    """One line per task: the best optimize-dev score so far after each harness evaluation."""
+def plot_dev_scores(section: dict[str, Any], path: Path) -> Path | None:
+    """One line per task: the best optimize-dev score so far after each harness evaluation.
+    Nothing is written (None) when no task has a dev score (given prompts are not scored)."""
+    curves = {task: dev_curve(outcome["trajectory_file"]) for task, outcome in section["tasks"].items()}
+    curves = {task: scores for task, scores in curves.items() if scores}
+    if not curves:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,10 +130,7 @@ def plot_dev_scores(section: dict[str, Any], path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for task, outcome in section["tasks"].items():
-        scores = dev_curve(outcome["trajectory_file"])
-        if not scores:
-            continue
+    for task, scores in curves.items():
         best = [max(scores[: i + 1]) for i in range(len(scores))]
         steps = range(1, len(scores) + 1)
         (line,) = ax.plot(steps, best, drawstyle="steps-post", label=task)
@@ -140,3 +162,35 @@ def describe(section: dict[str, Any]) -> str:
             f"  cost: {cost}",
         ]
     return "\n".join(lines)
+
+
+PER_TASK_INSTRUCTIONS = "one instruction per task: see prompt_optimization.tasks.<task>.final_instruction"
+
+
+def harness_system_instruction(instructions: dict[str, str]) -> str | None:
+    """What lm-eval's own `system_instruction` field says after a run: the instruction every task
+    used, if they share one (None if it is empty, as stock lm-eval records no instruction); else
+    where each task's is."""
+    distinct = set(instructions.values())
+    if len(distinct) > 1:
+        return PER_TASK_INSTRUCTIONS
+    return next(iter(distinct), "") or None
+
+
+def fill_tracker(tracker: Any, instructions: dict[str, str], model: Any, model_args: Any, model_folder: str) -> None:
+    """Fill lm-eval's tracker fields that its results JSON takes from it: `system_instruction`
+    (the instruction used, see `harness_system_instruction`), and, where `model_args` names no
+    model (lm-eval would then pick a random folder), the model folder of the run directory, so
+    the results JSON lands beside it."""
+    if tracker is None:
+        return
+    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
+    from lm_eval.utils import hash_string
+
+    general = tracker.general_config_tracker
+    text = harness_system_instruction(instructions)
+    general.system_instruction = text
+    general.system_instruction_sha = hash_string(text) if text and text != PER_TASK_INSTRUCTIONS else None
+    if not GeneralConfigTracker._get_model_name(model_args):
+        general.model_name = str(model)
+        general.model_name_sanitized = model_folder

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .report import write_json
+from .errors import PromptOptError
+from .report import unwritable, write_json
 
 logger = logging.getLogger(__name__)
 ENV_CACHE = "LM_EVAL_PROMPTOPT_CACHE"
@@ -85,8 +86,23 @@ class InstructionCache:
             return None
         return entry["outcome"]
 
-    def save(self, key: dict[str, Any], outcome: dict[str, Any]) -> Path:
+    def check_writable(self) -> None:
+        """Raise a one-line error now, before any search, if entries cannot be written here."""
+        reason = unwritable(self.directory)
+        if reason:
+            raise PromptOptError(
+                f"--optimize_cache: cannot write the instruction cache {self.directory} ({reason}); "
+                f"pass a writable folder with --optimize_cache or ${ENV_CACHE}"
+            )
+
+    def save(self, key: dict[str, Any], outcome: dict[str, Any]) -> Path | None:
+        """Write the entry; a write that fails is a warning and returns None (the run's own
+        outputs still hold the search)."""
         key, outcome = plain(key), plain(outcome)
         path = self.path(key)
-        write_json(path, {"plugin_version": __version__, "key": key, "outcome": outcome, "checksum": digest({"key": key, "outcome": outcome})})
+        try:
+            write_json(path, {"plugin_version": __version__, "key": key, "outcome": outcome, "checksum": digest({"key": key, "outcome": outcome})})
+        except OSError as err:
+            logger.warning("lm_eval_promptopt: could not write the instruction cache entry %s (%s); the run's outputs still hold this search", path, err)
+            return None
         return path

@@ -24,6 +24,13 @@ needs_shared_data = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own tmp_path: an `lm_eval` run without --output_path writes its
+    run folder (./lm_eval_promptopt_runs) there, never into the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama with a chat template that has a system role."""

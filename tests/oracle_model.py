@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import lm_eval.models  # noqa: F401  (register the built-in models first: lm-eval registry gotcha)
@@ -102,4 +103,21 @@ class Flaky(Optimizer):
     def optimize(self, problem: Problem) -> OptimizationResult:
         if problem.task_name == os.environ.get("FLAKY_FAIL_ON"):
             raise RuntimeError(f"search crashed on {problem.task_name}")
+        return OptimizationResult(problem.initial_instruction)
+
+
+@register_optimizer("gate")
+class Gate(Optimizer):
+    """Test optimizer: one checkpointed step, then, while $GATE_DIR is set, it writes $GATE_DIR/waiting
+    and waits for $GATE_DIR/open: a live search to interrupt or to start a second command against."""
+
+    def optimize(self, problem: Problem) -> OptimizationResult:
+        if problem.control.resumed is None:
+            problem.record({"kind": "gate_step"})
+            problem.control.step_done(problem.score(problem.initial_instruction), {"step": 1})
+        gate = os.environ.get("GATE_DIR")
+        if gate:
+            Path(gate, "waiting").write_text(str(os.getpid()))
+            while not Path(gate, "open").exists():
+                time.sleep(0.05)
         return OptimizationResult(problem.initial_instruction)

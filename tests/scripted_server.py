@@ -4,8 +4,10 @@ It listens on 127.0.0.1 on an ephemeral port in a daemon thread, records every r
 and answers each choice with `respond(body, sample)`, where `sample` is `seed + choice index`
 (so one request with `n=8` and eight `n=1` requests with seeds `s..s+7` get the same answers).
 Failures can be scripted: `failures` is consumed one per request (an HTTP status such as 429
-or 500, None for a normal answer, or "hang" to reply only after `hang_s` seconds, past the
-client's timeout); `fail_always` answers every request with that status. `honour_n=False`
+or 500, None for a normal answer, "hang" to reply only after `hang_s` seconds, past the
+client's timeout, "empty" for an HTTP 200 answer whose every choice has empty content, or
+"no_choices" for one with `choices: []`); `fail_always` answers every later request with that
+action. `down_url()` is an endpoint where nothing listens (connection refused). `honour_n=False`
 answers one choice whatever `n` asks (like many local servers); `reject_n=True` refuses `n` > 1
 with HTTP 400. It stops on leaving the `with` block,
 or by itself after `lifetime_s` seconds.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -46,13 +49,21 @@ def edit_toward(target: str) -> Respond:
     return respond
 
 
+def down_url() -> str:
+    """An OpenAI-style base URL on a loopback port where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
 class ScriptedServer:
     def __init__(
         self,
         respond: Respond | None = None,
         *,
-        failures: list[int | str] | tuple = (),
-        fail_always: int | None = None,
+        failures: list[int | str | None] | tuple = (),
+        fail_always: int | str | None = None,
         honour_n: bool = True,
         reject_n: bool = False,
         hang_s: float = 1.5,
@@ -83,6 +94,8 @@ class ScriptedServer:
                     action = server.failures.pop(0) if server.failures else server.fail_always
                 if action == "hang":
                     time.sleep(server.hang_s)
+                elif action in ("empty", "no_choices"):
+                    pass
                 elif action is not None:
                     # A 401 echoes the key it got, as some servers do: clients must not log it.
                     reason = f"invalid key {self.headers.get('Authorization')}" if int(action) == 401 else "scripted"
@@ -94,6 +107,10 @@ class ScriptedServer:
                 n = int(body.get("n") or 1) if server.honour_n else 1
                 seed = int(body.get("seed") or 0)
                 texts = [server.respond(body, seed + i) for i in range(n)]
+                if action == "empty":
+                    texts = [""] * n
+                elif action == "no_choices":
+                    texts = []
                 prompt_words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
                 self._send(
                     200,

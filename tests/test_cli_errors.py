@@ -27,6 +27,15 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str, code: i
         (["--optimize", "candidates"], ["exactly one of file=PATH or candidates"]),
         (["--optimize_args", "seed=1"], ["--optimize_args needs --optimize NAME"]),
         (["--optimize", "none", "--samples", '{"x": [0]}'], ["--samples cannot be combined with --optimize"]),
+        (["--optimize", "none", "--limit", "0"], ["--limit 0: give a number of held-out docs per task above 0"]),
+        (
+            ["--optimize", "none", "--system_instruction", "Be brief.", "--optimize_args", "instruction=Be short."],
+            ["the initial instruction is given twice: pass either --system_instruction or --optimize_args instruction=..., not both"],
+        ),
+        (
+            ["--optimize", "gpo", "--optimize_args", "retrieval=none,steps=0"],
+            ["steps must be at least 1 (leave it out for the paper's count from epochs and batch)"],
+        ),
     ],
 )
 def test_bad_arguments_fail_before_loading_anything(args, needles):
@@ -42,7 +51,7 @@ def test_unknown_task_is_a_clear_error():
 def test_model_load_failure_is_one_line_with_its_exit_code(tmp_path):
     proc = run_lm_eval(
         ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'missing'}", "--device", "cpu",
-         "--tasks", "mmlu_anatomy", "--optimize", "none", "--output_path", str(tmp_path)],
+         "--tasks", "planted_first", "--optimize", "none", "--output_path", str(tmp_path)],  # (its data is local: tasks load first)
         check=False,
     )
     assert_clean_error(proc, "model load failed:", "error.log", code=3)

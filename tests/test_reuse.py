@@ -51,10 +51,12 @@ def test_cache_hit_miss_refresh_and_corruption(local_tasks: Path, tmp_path: Path
 def test_optimized_prompts_transfer_to_another_model(local_tasks: Path, tiny_model: Path, tmp_path: Path):
     """Prompts from one run (oracle) evaluated, with no search, by another model (a real HF model)."""
     first, _ = run(local_tasks, tmp_path / "search", tmp_path / "cache")
-    prompts = Path(first["trajectory_file"]).parents[1] / "optimized_prompts.json"
-    assert json.loads(prompts.read_text()) == {TASK: "Focus on boolean_expressions."}
+    written = Path(first["trajectory_file"]).parents[1] / "optimized_prompts.json"
+    assert json.loads(written.read_text()) == {TASK: "Focus on boolean_expressions."}
+    prompts = tmp_path / "shared_prompts.json"  # a plain {task: instruction} file, away from its run
+    prompts.write_text(written.read_text())
     out = tmp_path / "transfer"
-    run_lm_eval(
+    proc = run_lm_eval(
         [
             "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
             "--include_path", str(local_tasks), "--tasks", TASK, "--optimized_prompts", str(prompts),
@@ -64,6 +66,8 @@ def test_optimized_prompts_transfer_to_another_model(local_tasks: Path, tiny_mod
     results = load_results(out)
     task = results["prompt_optimization"]["tasks"][TASK]
     assert task["source"] == "given" and task["final_instruction"] == "Focus on boolean_expressions."
+    assert task["details"]["transfer_check"]["check"] == "unchecked"
+    assert f"{prompts} records no split plan, so whether it was optimized on this run's held-out docs cannot be checked" in proc.stdout
     assert task["evaluations"] == 0 and results["n-samples"][TASK]["effective"] == 2
     (samples,) = out.glob("*/samples_*.jsonl")
     assert json.loads(samples.read_text().splitlines()[0])["arguments"]["gen_args_0"]["arg_0"].startswith(
@@ -97,6 +101,7 @@ def test_a_failed_search_keeps_the_others(local_tasks: Path, tmp_path: Path):
     (run_dir,) = (tmp_path / "out").glob("*/prompt_optimization_*")
     assert list(json.loads((run_dir / "prompt_optimization.json").read_text())["tasks"]) == [TASK]
     assert "search crashed on bbh_cot_zeroshot_navigate" in (run_dir / "error.log").read_text()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
     assert len(list(cache.glob("*.json"))) == 1
     rerun = run_lm_eval(args, entry="oracle_cli")  # the same command: resumes that run, reuses the finished search
     assert f"resuming the interrupted run in {run_dir}" in rerun.stdout

@@ -82,6 +82,14 @@ class Optimizer(abc.ABC):
     @abc.abstractmethod
     def optimize(self, problem: Problem) -> OptimizationResult: ...
 
+    def check_model(self, model: Any) -> None:
+        """Raise a PromptOptError if this optimizer cannot work with `model` (the `--model` name,
+        or an lm-eval LM object); called before the model loads."""
+
+    def preflight(self) -> None:
+        """Load or check what the search will need (raising a PromptOptError), before the model
+        loads and before any paid call."""
+
     def projected_cost(self, n_train: int, n_dev: int) -> dict[str, int]:
         """Upper bounds of the search's cost before it starts: `harness_evaluations` (each over
         `n_dev` docs), `model_calls` (requests to the evaluated model, harness ones included) and

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from tqdm.auto import tqdm
 
 from ..errors import PromptOptError
-from ..llm import OpenAIChat, OptimizerLLM, OptimizerLLMError, SelfLM
+from ..llm import OpenAIChat, OptimizerLLM, OptimizerLLMError, SelfLM, redact_url
 from .base import OptimizationResult, Optimizer, Problem, register_optimizer
 
 INITIAL_INSTRUCTION = "Let's think step by step."
@@ -60,9 +60,13 @@ class GPOConfig:
     """`self`: the evaluated model writes the instructions (offline); else a model name at an
     OpenAI-compatible endpoint (e.g. gpt-3.5-turbo, the paper's)."""
     optimizer_base_url: str | None = None
-    """Endpoint of `optimizer_model` (default: the OpenAI API, or $OPENAI_BASE_URL)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable that holds the endpoint's API key (the key is never logged)."""
+    """Endpoint of `optimizer_model` (default: the OpenAI API, or $OPENAI_BASE_URL). Credentials in
+    it (`http://user:key@host`) are used for the requests and stripped from the config, so that
+    nothing written or hashed holds them."""
+    api_key_env: str | None = None
+    """Environment variable that holds the endpoint's API key (the key is never logged). Default:
+    $OPENAI_API_KEY for the OpenAI API (or $OPENAI_BASE_URL), and no key for an
+    `optimizer_base_url`: a key goes to another host only when named for it."""
     temperature: float = 1.0
     """Sampling temperature of the optimizer."""
     samples: int = 8
@@ -114,9 +118,10 @@ class GPOConfig:
         for name in ("samples", "max_tokens", "epochs", "batch", "k", "concurrency", "budget_end"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("steps", "max_optimizer_tokens"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1 (leave it out for no limit), got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1 (leave it out for the paper's count from epochs and batch), got {self.steps}")
+        if self.max_optimizer_tokens is not None and self.max_optimizer_tokens < 1:
+            raise ValueError(f"max_optimizer_tokens must be at least 1 (leave it out for no limit), got {self.max_optimizer_tokens}")
         for name in ("warmup", "exemplars", "max_retries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -129,11 +134,16 @@ class GPOConfig:
         if self.optimizer_model == "self" and self.optimizer_base_url:
             raise ValueError("optimizer_base_url needs optimizer_model=<the model name at that endpoint>")
         hosted = self.optimizer_model != "self" and not (self.optimizer_base_url or os.environ.get("OPENAI_BASE_URL"))
-        if hosted and not os.environ.get(self.api_key_env):
+        if hosted and not os.environ.get(self.api_key_env or "OPENAI_API_KEY"):
             raise ValueError(
-                f"optimizer_model={self.optimizer_model} on the OpenAI API needs an API key in ${self.api_key_env} "
+                f"optimizer_model={self.optimizer_model} on the OpenAI API needs an API key in ${self.api_key_env or 'OPENAI_API_KEY'} "
                 "(set it, or name another variable with api_key_env=NAME)"
             )
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            raise ValueError(f"api_key_env={self.api_key_env} names an environment variable that is not set")
+        # Keep the URL with its credentials for the requests only (not a field: never written or hashed).
+        object.__setattr__(self, "_endpoint", self.optimizer_base_url)
+        object.__setattr__(self, "optimizer_base_url", redact_url(self.optimizer_base_url))
         if self.retrieval == "relevance" and not _have_sentence_transformers():
             raise ValueError(
                 "retrieval=relevance embeds instructions with sentence-transformers, which is not installed: "
@@ -338,15 +348,18 @@ class GPO(Optimizer):
         if cfg.optimizer_model == "self":
             chat = bool(getattr(getattr(problem.objective, "placement", None), "chat_template", False))
             return SelfLM(problem.lm, chat_template=chat, log=problem.record, replay=problem.control.replayed_calls())
+        # A key goes to the OpenAI API, or to another endpoint only when api_key_env names it for it.
+        key_env = cfg.api_key_env or (None if cfg.optimizer_base_url else "OPENAI_API_KEY")
         return OpenAIChat(
             cfg.optimizer_model,
-            base_url=cfg.optimizer_base_url,
-            api_key=os.environ.get(cfg.api_key_env),
+            base_url=getattr(cfg, "_endpoint", cfg.optimizer_base_url),
+            api_key=os.environ.get(key_env) if key_env else None,
             timeout=cfg.timeout,
             max_retries=cfg.max_retries,
             concurrency=cfg.concurrency,
             log=problem.record,
             replay=problem.control.replayed_calls(),
+            usable=lambda text: bool(parse_candidate(text)),
         )
 
     def projected_cost(self, n_train: int, n_dev: int) -> dict[str, int]:
@@ -359,6 +372,11 @@ class GPO(Optimizer):
             "model_calls": evals * n_dev + (optimizer if cfg.optimizer_model == "self" else 0),
             "optimizer_calls": 0 if cfg.optimizer_model == "self" else optimizer,
         }
+
+    def preflight(self) -> None:
+        """Load the embedding model now (once per process): a bad one fails before the model loads."""
+        if self.config.retrieval == "relevance":
+            Embedder(self.config.embedding_model)
 
     def optimize(self, problem: Problem) -> OptimizationResult:
         cfg: GPOConfig = self.config
@@ -382,17 +400,29 @@ class GPO(Optimizer):
         trajectory = [Entry(initial, problem.score(initial, "dev"), 0)]
         seen = {initial}
         budgets: list[int | None] = []
+        proposing = 0  # steps that got at least one usable candidate
         if problem.control.resumed:  # continue after the interrupted run's last completed step
             state = problem.control.resumed
             trajectory = [Entry(**e) for e in state["trajectory"]]
             seen, budgets = set(state["seen"]), list(state["budgets"])
+            proposing = state.get("proposing_steps", len(trajectory) - 1)
             for name, value in state["usage"].items():
                 setattr(llm.usage, name, value)
         stop_reason = "completed"
         try:
             bar = tqdm(range(len(trajectory), steps + 1), desc=f"gpo {problem.task_name}", unit="step", leave=False)
             for t in bar:
-                budgets.append(self.step(problem, llm, embed, trajectory, seen, exemplars, t, steps))
+                budget, proposed = self.step(problem, llm, embed, trajectory, seen, exemplars, t, steps)
+                budgets.append(budget)
+                proposing += proposed > 0
+                if not proposing:  # a broken optimizer must not pass for a search that kept the start
+                    trajectory.pop()
+                    where = "" if llm.backend == "self" else f" at {getattr(llm, 'base_url', None) or 'the OpenAI API'}"
+                    retried = "" if llm.backend == "self" else f" (after {cfg.max_retries} retries)"
+                    raise OptimizerLLMError(
+                        f"optimizer model {llm.model!r}{where} gave no usable proposal: every answer was empty "
+                        f"or had no text between {START} and {END}{retried}"
+                    )
                 used = llm.usage.prompt_tokens + llm.usage.completion_tokens
                 over = cfg.max_optimizer_tokens is not None and used >= cfg.max_optimizer_tokens
                 state = {
@@ -400,10 +430,12 @@ class GPO(Optimizer):
                     "seen": sorted(seen),
                     "budgets": budgets,
                     "usage": llm.usage.as_dict(),
+                    "proposing_steps": proposing,
                 }
                 best_score = max(e.score for e in trajectory)
-                stop = problem.control.step_done(best_score, state, "max_optimizer_tokens" if over else None)
-                if stop and t < steps:
+                reason = "no_proposals" if not proposed else "max_optimizer_tokens" if over else None
+                stop = problem.control.step_done(best_score, state, reason)
+                if stop and (t < steps or stop == "no_proposals"):
                     stop_reason = stop
                     break
             else:
@@ -451,8 +483,9 @@ class GPO(Optimizer):
         exemplars: list[tuple[str, str]],
         t: int,
         steps: int,
-    ) -> int | None:
-        """One GPO step: propose, score new candidates, move to the best one not yet chosen."""
+    ) -> tuple[int | None, int]:
+        """One GPO step: propose, score new candidates, move to the best one not yet chosen.
+        Returns the word budget and the number of distinct candidates parsed."""
         cfg: GPOConfig = self.config
         start = time.perf_counter()
         current = trajectory[-1]
@@ -493,7 +526,7 @@ class GPO(Optimizer):
                 "seconds": round(time.perf_counter() - start, 3),
             }
         )
-        return budget
+        return budget, len(candidates)
 
     @staticmethod
     def choose(scored: list[dict[str, Any]], in_trajectory: set[str]) -> dict[str, Any] | None:

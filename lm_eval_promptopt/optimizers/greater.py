@@ -102,11 +102,15 @@ def hf_model(problem: Problem) -> Any:
 
     lm = getattr(problem.lm, "lm", problem.lm)  # unwrap --use_cache's CachingLM
     if not isinstance(lm, HFLM) or getattr(lm, "backend", "causal") != "causal":
-        raise PromptOptError(
-            f"GReaTer needs gradients of a local Hugging Face causal model (--model hf); got {type(lm).__name__}. "
-            "For API or other backends use --optimize gpo."
-        )
+        raise needs_hf(type(lm).__name__)
     return lm
+
+
+def needs_hf(got: str) -> PromptOptError:
+    return PromptOptError(
+        f"GReaTer needs gradients of a local Hugging Face causal model (--model hf); got {got}. "
+        "For API or other backends use --optimize gpo."
+    )
 
 
 def allowed_token_mask(tokenizer: Any, vocab_size: int) -> torch.Tensor:
@@ -396,6 +400,21 @@ class Greater(Optimizer):
         per_step = (1 + CANDIDATES_SCORED) * n_train + n_train + 2 * batches + CANDIDATES_SCORED * batches
         evals = 1 + TOP_KEPT
         return {"harness_evaluations": evals, "model_calls": cfg.steps * per_step + evals * n_dev, "optimizer_calls": 0}
+
+    def check_model(self, model: Any) -> None:
+        """Only lm-eval's Hugging Face models give gradients: refuse any other `--model` before it loads."""
+        from lm_eval.api.registry import get_model
+        from lm_eval.models.huggingface import HFLM
+
+        if not isinstance(model, str):
+            model_cls, name = type(getattr(model, "lm", model)), type(getattr(model, "lm", model)).__name__
+        else:
+            try:
+                model_cls, name = get_model(model), f"--model {model}"
+            except ValueError:
+                return  # an unknown name: lm-eval's model load names it
+        if not issubclass(model_cls, HFLM):
+            raise needs_hf(name)
 
     def optimize(self, problem: Problem) -> OptimizationResult:
         started = time.perf_counter()
