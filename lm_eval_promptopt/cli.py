@@ -253,6 +253,36 @@ def main(argv: list[str] | None = None) -> None:
             raise click.ClickException(f"{run_dir} has no prompt_optimization.json: pass a run's prompt_optimization_<date> folder")
         section = json.loads(path.read_text(encoding="utf-8"))
         click.echo(describe(section))
-        click.echo(f"plot: {plot_dev_scores(section, run_dir / 'dev_scores.png')}")
+        plot = plot_dev_scores(section, run_dir / "dev_scores.png")
+        click.echo(f"plot: {plot}" if plot else "plot: none (no optimize-dev scores: given prompts are not scored)")
+
+    @group.command("leaderboard", help="One models x tasks table over results JSONs (or folders of them); exit 1 on a failed gate.")
+    @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+    @click.option("--format", "form", type=click.Choice(["md", "csv", "html", "json"]), default="md", show_default=True)
+    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of printing.")
+    @click.option("--fail-under", multiple=True, metavar="TASK=VALUE", help="Exit 1 if a row scores under VALUE on TASK (repeatable).")
+    @click.option("--fail-on-regression", is_flag=True, help="Exit 1 if any optimized score is below its baseline.")
+    def leaderboard_command(paths: tuple[Path, ...], form: str, out: Path | None, fail_under: tuple[str, ...], fail_on_regression: bool) -> None:
+        from .leaderboard import gate, leaderboard, parse_threshold, render
+
+        try:
+            thresholds = [parse_threshold(t) for t in fail_under]
+            board = leaderboard(list(paths))
+        except PromptOptError as err:
+            raise click.UsageError(str(err)) from None
+        text = render(board, form)
+        if out is None:
+            click.echo(text, nl=False)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+            click.echo(f"leaderboard: {len(board.rows)} rows x {len(board.columns)} columns -> {out}", err=True)
+        for flag in board.flags:
+            click.echo(f"leaderboard: flag: {flag}", err=True)
+        problems = gate(board, thresholds, fail_on_regression)
+        for problem in problems:
+            click.echo(f"leaderboard: FAIL: {problem}", err=True)
+        if problems:
+            sys.exit(1)
 
     group.main(args=argv, prog_name="lm-eval-promptopt")

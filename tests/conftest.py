@@ -78,3 +78,35 @@ def load_results(output_path: Path) -> dict:
     files = sorted(glob.glob(str(output_path / "**" / "results_*.json"), recursive=True))
     assert len(files) == 1, f"expected one results file under {output_path}, found {files}"
     return json.loads(Path(files[0]).read_text(encoding="utf-8"))
+
+
+CI_SCRIPT = REPO / "examples" / "ci" / "leaderboard.sh"
+#: The CI example's cheap settings: the planted group (4 tasks), 10 dev and 10 held-out docs each, two candidates.
+CI_TASKS = ["planted_first", "planted_last", "planted_largest", "planted_smallest"]
+CI_TASK = "planted_largest"
+CI_ARGS = "instruction=Please answer.,candidates=Please answer the question.|Please find the largest one.,train_size=0,dev_size=10,compare_baseline=true"
+
+
+def run_ci_script(models: list[Path], out: Path, cache: Path) -> subprocess.CompletedProcess:
+    """examples/ci/leaderboard.sh on CPU for `models`, with `cache` as the restored CI cache."""
+    bindir = str(Path(sys.executable).parent)
+    command = [
+        "bash", str(CI_SCRIPT), "--models", " ".join(map(str, models)), "--tasks", "planted", "--optimize", "candidates",
+        "--optimize-args", CI_ARGS, "--cache", str(cache), "--out", str(out),
+        "--", "--device", "cpu", "--batch_size", "32", "--include_path", str(REPO / "task_configs" / "planted"), "--limit", "10",
+    ]  # fmt: skip
+    env = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1", "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
+    """One cold run of the CI example (planted and tiny model): shared by the CI and leaderboard tests."""
+    from lm_eval_promptopt import planted
+
+    root = tmp_path_factory.mktemp("ci")
+    models = [planted.planted_model(), tiny_model]
+    proc = run_ci_script(models, root / "out1", root / "ci-cache")
+    if proc.returncode != 0:
+        raise AssertionError(f"leaderboard.sh exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
+    return {"root": root, "models": models, "out": root / "out1", "cache": root / "ci-cache", "proc": proc}

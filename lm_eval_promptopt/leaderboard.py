@@ -1,0 +1,375 @@
+"""A leaderboard across runs: results JSONs in, one models x tasks table out (md, csv, json, html).
+
+Each results JSON is one run of one model. Its row is the model, the optimizer and the settings
+that differ from the defaults; its cells are the held-out scores (with the stderr lm-eval
+reports), the baseline (with `compare_baseline=true`) and the difference. Plain lm-eval results
+(no `prompt_optimization` section) are baseline-only rows. Cells of one column that were
+measured under different split plans, seeds or metrics are flagged, never silently mixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PromptOptError
+from .store import digest
+
+PLAIN = "baseline"
+"""The optimizer label of plain lm-eval results (no prompt optimization section)."""
+_UNSHOWN_OPTIONS = {"refresh", "compare_baseline"}  # they change no score
+
+
+@dataclass
+class Cell:
+    """One task or group of one run: held-out score, baseline, difference, and what it was measured under."""
+
+    metric: str
+    score: float | None
+    stderr: float | None = None
+    baseline: float | None = None
+    delta: float | None = None
+    docs: int | None = None
+    instruction: str | None = None
+    plan: str = ""
+    """Digest of the split plan and the number of docs scored (plain runs: the whole split)."""
+    seeds: str = ""
+
+
+@dataclass
+class Run:
+    """One results JSON, flattened."""
+
+    path: Path
+    model: str
+    optimizer: str
+    settings: str
+    date: float
+    sources: dict[str, int] = field(default_factory=dict)
+    cells: dict[str, Cell] = field(default_factory=dict)
+    groups: set[str] = field(default_factory=set)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.model, self.optimizer, self.settings
+
+
+@dataclass
+class Row:
+    model: str
+    optimizer: str
+    settings: str
+    cells: dict[str, Cell]
+    sources: dict[str, int]
+    files: list[str]
+
+    @property
+    def label(self) -> str:
+        return f"{short_model(self.model)} / {self.optimizer}" + (f" ({self.settings})" if self.settings else "")
+
+
+@dataclass
+class Leaderboard:
+    columns: list[str]
+    groups: set[str]
+    rows: list[Row]
+    flags: list[str]
+    mixed: dict[str, list[str]]
+    """column -> what its rows disagree in (`split plan`, `seeds`, `metric`)."""
+
+
+def short_model(model: str) -> str:
+    """A model path's last two parts (`org/name`), a name as it is."""
+    parts = [p for p in model.replace("\\", "/").split("/") if p]
+    return "/".join(parts[-2:]) if len(parts) > 2 else model
+
+
+def find_results(paths: list[Path]) -> list[Path]:
+    """The results JSONs given, and every `results_*.json` under the folders given."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(path.rglob("results_*.json"))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise PromptOptError(f"leaderboard: {path} does not exist")
+    if not found:
+        raise PromptOptError(f"leaderboard: no results_*.json under {', '.join(map(str, paths))}")
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _first_metric(entry: dict[str, Any]) -> str | None:
+    for key, value in entry.items():
+        if "," in key and "_stderr," not in key and _number(value) is not None:
+            return key
+    return None
+
+
+def _stderr(entry: dict[str, Any], metric: str) -> float | None:
+    name, _, filt = metric.partition(",")
+    return _number(entry.get(f"{name}_stderr,{filt}"))
+
+
+def _non_default(values: dict[str, Any], cls: type | None) -> dict[str, Any]:
+    """The settings that differ from the dataclass defaults (all of them when `cls` is unknown)."""
+    if cls is None:
+        return values
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
+
+
+def _settings(section: dict[str, Any]) -> str:
+    from .options import RunOptions
+
+    try:
+        from .optimizers import get_optimizer
+
+        config_class = get_optimizer(section["optimizer"]).config_class
+    except Exception:  # an optimizer this install does not have: show its whole config
+        config_class = None
+    shown = {**_non_default(section.get("optimizer_config") or {}, config_class),
+             **_non_default(section.get("options") or {}, RunOptions)}  # fmt: skip
+    return ",".join(f"{k}={v}" for k, v in sorted(shown.items()) if k not in _UNSHOWN_OPTIONS)
+
+
+def load_run(path: Path) -> Run:
+    """Flatten one results JSON (ours, or plain lm-eval's) into a `Run`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        results = data["results"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PromptOptError(f"leaderboard: {path} is not an lm-eval results JSON ({type(err).__name__}: {err})") from None
+    config = data.get("config") or {}
+    model = data.get("model_name") or str((config.get("model_args") or {}).get("pretrained", "")) or str(config.get("model"))
+    groups = set(data.get("groups") or {})
+    counts = {name: (info or {}).get("effective") for name, info in (data.get("n-samples") or {}).items()}
+    section = data.get("prompt_optimization")
+    if section is None:
+        seeds = {"split_and_search": None, **{k: config.get(f"{k}_seed") for k in ("random", "numpy", "torch", "fewshot")}}
+        run = Run(path, model, PLAIN, "", _number(data.get("date")) or 0.0, {"plain lm-eval": 1})
+        plans = {name: "whole split" for name in results}
+    else:
+        seeds = section.get("seeds") or {}
+        tasks = section.get("tasks") or {}
+        run = Run(path, model, section["optimizer"], _settings(section), _number(data.get("date")) or 0.0,
+                  dict(Counter(t.get("source", "search") for t in tasks.values())))  # fmt: skip
+        plans = {name: digest(task["plan"]) for name, task in tasks.items()}
+        baseline_rows = {row["name"]: row for row in section.get("baseline_vs_optimized") or []}
+    children = data.get("group_subtasks") or {}
+    for name, entry in results.items():
+        outcome = section["tasks"].get(name, {}) if section else {}
+        compared = baseline_rows.get(name, {}) if section else {}
+        metric = outcome.get("metric") or compared.get("metric") or _first_metric(entry)
+        if metric is None:
+            continue
+        score = _number(entry.get(metric))
+        members = _leaves(name, children) if name in groups else [name]
+        plan = digest({m: [plans.get(m), counts.get(m)] for m in members})
+        cell = Cell(metric, score, _stderr(entry, metric), docs=sum(counts.get(m) or 0 for m in members) or None,
+                    instruction=outcome.get("final_instruction"), plan=plan, seeds=digest(seeds))  # fmt: skip
+        if section is None:
+            cell.baseline = score
+        elif compared:
+            cell.baseline, cell.delta = _number(compared.get("baseline")), _number(compared.get("delta"))
+        run.cells[name] = cell
+    run.groups = groups
+    return run
+
+
+def _leaves(name: str, children: dict[str, list[str]]) -> list[str]:
+    if name not in children:
+        return [name]
+    return [leaf for child in children[name] for leaf in _leaves(child, children)]
+
+
+_ASPECTS = {"split plan": "plan", "seeds": "seeds", "metric": "metric"}
+
+
+def build(runs: list[Run]) -> Leaderboard:
+    """Merge runs into rows (one per model, optimizer and settings) and flag mixed columns."""
+    rows: dict[tuple[str, str, str], Row] = {}
+    flags: list[str] = []
+    dates: dict[tuple[tuple[str, str, str], str], Run] = {}
+    columns: list[str] = []
+    for run in sorted(runs, key=lambda r: r.date):
+        row = rows.setdefault(run.key, Row(*run.key, cells={}, sources=Counter(), files=[]))
+        row.files.append(str(run.path))
+        row.sources.update(run.sources)
+        for name, cell in run.cells.items():
+            if name in row.cells:
+                flags.append(f"{name}: {row.label}: {dates[(run.key, name)].path} is superseded by the newer {run.path}")
+            row.cells[name] = cell
+            dates[(run.key, name)] = run
+            if name not in columns:
+                columns.append(name)
+    groups = set().union(*(r.groups for r in runs)) if runs else set()
+    leaves = [c for c in columns if c not in groups]
+    columns = leaves + [c for c in columns if c in groups]
+    ordered = sorted(rows.values(), key=lambda r: (short_model(r.model), r.optimizer != PLAIN, r.optimizer, r.settings))
+    mixed: dict[str, list[str]] = {}
+    for column in columns:
+        present = [(row, row.cells[column]) for row in ordered if column in row.cells]
+        for aspect, attr in _ASPECTS.items():
+            variants: dict[str, list[str]] = {}
+            for row, cell in present:
+                variants.setdefault(getattr(cell, attr), []).append(row.label)
+            if len(variants) > 1:
+                mixed.setdefault(column, []).append(aspect)
+                sides = " vs ".join("[" + ", ".join(labels) + "]" for labels in variants.values())
+                flags.append(f"{column}: rows differ in {aspect}: {sides}; do not compare them directly")
+    return Leaderboard(columns, groups, ordered, flags, mixed)
+
+
+def leaderboard(paths: list[Path]) -> Leaderboard:
+    return build([load_run(p) for p in find_results(paths)])
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def cell_text(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    text = fmt(cell.score) + (f" ± {cell.stderr:.4f}" if cell.stderr is not None else "")
+    if cell.delta is not None:
+        text += f" (base {fmt(cell.baseline)}, {fmt(cell.delta, signed=True)})"
+    return text
+
+
+def column_title(board: Leaderboard, column: str) -> str:
+    return column + (" (group)" if column in board.groups else "") + (" ⚠" if column in board.mixed else "")
+
+
+def source_text(sources: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" if len(sources) > 1 else name for name, count in sorted(sources.items()))
+
+
+def to_markdown(board: Leaderboard) -> str:
+    """The scores table, then where each row came from (source, files), then the flags."""
+
+    def line(values: list[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    out = [line(["model", "optimizer", "settings", *(column_title(board, c) for c in board.columns)]),
+           line(["---"] * 3 + ["---:"] * len(board.columns))]  # fmt: skip
+    for row in board.rows:
+        out.append(line([short_model(row.model), row.optimizer, row.settings or "defaults", *(cell_text(row.cells.get(c)) for c in board.columns)]))
+    out += ["", "Cells: held-out score ± stderr (base: the initial instruction's held-out score, then the difference).", ""]
+    out += [line(["model", "optimizer", "settings", "source", "results"]), line(["---"] * 5)]
+    for row in board.rows:
+        out.append(line([short_model(row.model), row.optimizer, row.settings or "defaults", source_text(row.sources), "<br>".join(row.files)]))
+    if board.flags:
+        out += ["", "Flags:", *(f"- {flag}" for flag in board.flags)]
+    return "\n".join(out) + "\n"
+
+
+def scores_table(markdown: str) -> str:
+    """The first table of `to_markdown`'s output (what two runs with the same scores share)."""
+    return markdown.split("\n\n", 1)[0]
+
+
+def to_records(board: Leaderboard) -> list[dict[str, Any]]:
+    """One record per row and column (the csv rows, and the json's `cells`)."""
+    records = []
+    for row in board.rows:
+        for column in board.columns:
+            cell = row.cells.get(column)
+            if cell is None:
+                continue
+            records.append({
+                "model": row.model, "optimizer": row.optimizer, "settings": row.settings,
+                "source": source_text(row.sources), "task": column, "group": column in board.groups,
+                "metric": cell.metric, "score": cell.score, "stderr": cell.stderr, "baseline": cell.baseline,
+                "delta": cell.delta, "docs": cell.docs, "instruction": cell.instruction,
+                "flagged": ";".join(board.mixed.get(column, [])),
+            })  # fmt: skip
+    return records
+
+
+def to_csv(board: Leaderboard) -> str:
+    buffer = io.StringIO()
+    records = to_records(board)
+    fields = list(records[0]) if records else ["model", "task"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in records)
+    return buffer.getvalue()
+
+
+def to_json(board: Leaderboard) -> str:
+    data = {
+        "columns": board.columns,
+        "groups": sorted(board.groups),
+        "rows": [
+            {
+                "model": row.model, "optimizer": row.optimizer, "settings": row.settings,
+                "sources": dict(row.sources), "files": row.files,
+                "cells": {name: dataclasses.asdict(cell) for name, cell in row.cells.items()},
+            }  # fmt: skip
+            for row in board.rows
+        ],
+        "mixed": board.mixed,
+        "flags": board.flags,
+    }
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def render(board: Leaderboard, form: str) -> str:
+    if form == "html":
+        from .leaderboard_html import to_html
+
+        return to_html(board)
+    return {"md": to_markdown, "csv": to_csv, "json": to_json}[form](board)
+
+
+# --------------------------------------------------------------------------- CI gates
+
+
+def parse_threshold(text: str) -> tuple[str, float]:
+    name, sep, value = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise PromptOptError(f"--fail-under takes TASK=VALUE (e.g. bbh=0.45), got {text!r}") from None
+
+
+def gate(board: Leaderboard, fail_under: list[tuple[str, float]], fail_on_regression: bool) -> list[str]:
+    """Why CI should fail: scores under a threshold, or (with `fail_on_regression`) below their baseline."""
+    problems = []
+    for name, threshold in fail_under:
+        cells = [(row, row.cells[name]) for row in board.rows if name in row.cells]
+        if not cells:
+            problems.append(f"--fail-under {name}={threshold}: no run has {name!r}")
+        for row, cell in cells:
+            if cell.score is None or cell.score < threshold:
+                problems.append(f"{name}: {row.label} scores {fmt(cell.score)}, under {threshold}")
+    if fail_on_regression:
+        for row in board.rows:
+            for name, cell in row.cells.items():
+                if cell.delta is not None and cell.delta < 0:
+                    problems.append(f"{name}: {row.label} regressed: {fmt(cell.baseline)} -> {fmt(cell.score)} ({fmt(cell.delta, signed=True)})")
+    return problems
