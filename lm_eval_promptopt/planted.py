@@ -28,6 +28,8 @@ with and without the tokenizer's chat template. ``python -m lm_eval_promptopt.pl
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import inspect
 import json
@@ -37,7 +39,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,20 +412,49 @@ def settings_hash() -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+@contextlib.contextmanager
+def training_progress() -> Iterator[None]:
+    """A tqdm bar over the training steps, with the elapsed and the estimated remaining time.
+
+    It counts optimizer steps through torch's global step hook, so the training code (and with
+    it `settings_hash()` and the weights) is untouched."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from tqdm.auto import tqdm
+
+    desc = "training the planted model once (about 2 min on 2 idle CPU cores, up to ~13 under load)"
+    bar = tqdm(total=int(TRAIN_CONFIG["steps"]), desc=desc, unit="step")
+    handle = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: bar.update(1))
+    try:
+        yield
+    finally:
+        handle.remove()
+        bar.close()
+
+
 def planted_model(cache_dir: str | Path | None = None, seed: int = 0) -> Path:
     """The cached trained model dir (``{cache}/planted-v1-{hash}-seed{seed}``), trained once if missing.
 
     Trains into a temporary sibling and renames it into place, so a crash never leaves a
-    half-written model; a concurrent trainer that finishes first wins.
+    half-written model; concurrent callers (parallel test workers) wait on a file lock and train once.
     """
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"{VERSION}-{settings_hash()}-seed{seed}"
     if (final / "config.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    with open(root / f".{final.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if not (final / "config.json").is_file():
+            _train_into(final, seed)
+    return final
+
+
+def _train_into(final: Path, seed: int) -> None:
+    """Train into a temporary sibling of `final`, then rename it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        train_planted_model(tmp, seed)
+        with training_progress():
+            train_planted_model(tmp, seed)
         tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             os.rename(tmp, final)
@@ -432,7 +463,6 @@ def planted_model(cache_dir: str | Path | None = None, seed: int = 0) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 # --------------------------------------------------------------------------- checker

@@ -1,8 +1,9 @@
 """Demo: optimize-then-evaluate on the planted-instruction benchmark, offline, in a few minutes on CPU.
 
-Gets the planted model (trained once, about 2 minutes on 2 CPU cores, then cached; see
-lm_eval_promptopt/planted.py): a tiny LM whose answer depends on whether the instruction holds a
-keyword of the task's op ("largest", "first", ...). Without one it scores about a third. Then it
+Gets the planted model (trained once, with a progress bar: about 2 minutes on 2 idle CPU cores,
+up to ~13 under load; then cached; see lm_eval_promptopt/planted.py): a tiny LM whose answer
+depends on whether the instruction holds a keyword of the task's op ("largest", "first", ...).
+Without one it scores about a third. Then it
 runs the stock `lm_eval` command with `--optimize greater` from a neutral instruction: GReaTer
 searches the instruction token by token with gradients over the model's own reasoning, and the
 chosen instruction is evaluated on the held-out docs next to the baseline (the neutral one). It
@@ -29,7 +30,7 @@ DEFAULT_OPS = ("largest", "first")
 
 NEUTRAL = "Use please answer the question."  # GReaTer keeps the paper's fixed "Use" in front
 # the planted language answers "The answer is N.": its own phrase, not the paper's frame (extractor=task)
-SEARCH = f"instruction={NEUTRAL},extractor=task,steps=5,train_size=16,dev_size=40,compare_baseline=true"
+SEARCH = f"instruction={NEUTRAL},extractor=task,steps=8,train_size=16,dev_size=40,compare_baseline=true"
 
 
 def newest_results(out: Path, since: float) -> Path | None:
@@ -48,7 +49,7 @@ def main() -> None:
     if not ops or not set(ops) <= set(planted.OPS):
         sys.exit(f"demo: --ops takes a comma-separated list of {', '.join(planted.OPS)}")
 
-    print("demo: the planted model (trained on the first run, about 2 minutes on 2 CPU cores, then cached) ...", flush=True)
+    print("demo: the planted model (trained on the first run, about 2 minutes on 2 idle CPU cores, up to ~13 under load, then cached) ...", flush=True)
     model = planted.planted_model()
     out.mkdir(parents=True, exist_ok=True)
     command = [

@@ -57,6 +57,18 @@ def test_instructions_and_hidden_op():
     assert {planted.hidden_op(d) for d in ([2, 1, 4], [2, 1, 3], [3, 1, 4], [3, 1, 5])} == set(OPS)
 
 
+def test_training_shows_a_progress_bar_and_keeps_what_is_trained(tmp_path: Path, monkeypatch, capfd):
+    """The first demo run trains for minutes: a tqdm bar with its estimate shows it (3 steps here).
+    The settings hash (settings and training code) is the released model's: same weights."""
+    assert planted.settings_hash() == "97d702d46e"
+    monkeypatch.setitem(planted.TRAIN_CONFIG, "steps", 3)
+    monkeypatch.setitem(planted.TRAIN_CONFIG, "batch_size", 4)
+    path = planted.planted_model(tmp_path)
+    err = capfd.readouterr().err
+    assert "training the planted model once (about 2 min on 2 idle CPU cores, up to ~13 under load)" in err
+    assert "3/3" in err and (path / "config.json").is_file()
+
+
 def test_training_text_is_what_lm_eval_renders(planted_dir: Path):
     """Contexts and their token ids: planted's renderer vs lm-eval's, through the plugin's placement."""
     from lm_eval.api.registry import get_model
@@ -107,7 +119,7 @@ def test_candidates_optimizer_finds_the_planted_keyword(planted_dir: Path, tmp_p
 
 def test_greater_finds_the_planted_keyword_from_a_neutral_instruction(planted_dir: Path, tmp_path: Path):
     """Real `lm_eval --optimize greater` with the paper's defaults (top-k 5, example-conditioned
-    proposal, 3 scored candidates) and 5 steps: the gradient over the model's own reasoning
+    proposal, 3 scored candidates) and 8 steps: the gradient over the model's own reasoning
     finds each op's keyword; held-out accuracy rises from chance to 1.0 on two ops."""
     tasks = ["planted_largest", "planted_first"]
     started = time.perf_counter()
@@ -115,7 +127,7 @@ def test_greater_finds_the_planted_keyword_from_a_neutral_instruction(planted_di
         [
             "--model", "hf", "--model_args", f"pretrained={planted_dir}", "--device", "cpu", "--batch_size", "32",
             "--include_path", str(REPO / "task_configs" / "planted"), "--tasks", ",".join(tasks), "--optimize", "greater",
-            "--optimize_args", "instruction=Use please answer the question.,extractor=task,steps=5,train_size=16,dev_size=40,compare_baseline=true",
+            "--optimize_args", "instruction=Use please answer the question.,extractor=task,steps=8,train_size=16,dev_size=40,compare_baseline=true",
             "--output_path", str(tmp_path),
         ],
         **ONE_THREAD,
@@ -132,7 +144,7 @@ def test_greater_finds_the_planted_keyword_from_a_neutral_instruction(planted_di
         assert planted.instruction_op(outcome["initial_instruction"]) is None
         assert rows[task]["baseline"] <= 0.60 and rows[task]["optimized"] >= 0.90, json.dumps(rows[task])
         assert results["results"][task][planted.METRIC] == rows[task]["optimized"]
-        assert outcome["stop_reason"] == "steps" and len([s for s in outcome["details"]["steps"] if "step" in s]) == 5
+        assert outcome["stop_reason"] == "steps" and len([s for s in outcome["details"]["steps"] if "step" in s]) == 8
         print(f"{task}: held-out {rows[task]['baseline']:.3f} -> {rows[task]['optimized']:.3f}, "
               f"{outcome['final_instruction']!r}, search {outcome['wall_time_s']:.1f} s")  # fmt: skip
     print(f"greater on the planted model: {time.perf_counter() - started:.1f} s wall")
@@ -185,7 +197,8 @@ def test_gpo_with_a_scripted_server_finds_the_planted_keyword(planted_dir: Path,
                 "--model", "hf", "--model_args", f"pretrained={planted_dir}", "--device", "cpu", "--batch_size", "32",
                 "--include_path", str(REPO / "task_configs" / "planted"), "--tasks", ",".join(ops),
                 "--optimize", "gpo",
-                "--optimize_args", f"optimizer_model=scripted,optimizer_base_url={server.url},compare_baseline=true,{settings}",
+                "--optimize_args",
+                f"optimizer_model=scripted,optimizer_base_url={server.url},api_key_env=OPENAI_API_KEY,compare_baseline=true,{settings}",
                 "--output_path", str(tmp_path),
             ],
             OPENAI_API_KEY="sk-planted",
