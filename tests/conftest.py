@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_promptopt.testbed import build_tiny_model, write_local_task_overrides
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each (and their lm_eval runs)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from lm_eval_promptopt.testbed import build_tiny_model, write_local_task_overrides  # noqa: E402 (after the thread count)
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
