@@ -128,7 +128,7 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
         return
     from .optimizers import get_optimizer
     from .options import parse_optimize_args
-    from .pipeline import OptimizeRun
+    from .pipeline import OptimizeRun, ProcessGroup
     from .splits import resolve_split
     from .store import InstructionCache, default_cache_dir
     from .transfer import read_source
@@ -191,6 +191,7 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
         raise
     if run.is_main:
         print(run.summary())
+    ProcessGroup.close()
 
 
 def load_prompts(path: Path) -> dict[str, str]:

@@ -152,6 +152,18 @@ class ProcessGroup:
             PartialState()
         return cls(dist.get_rank(), dist.get_world_size())
 
+    @staticmethod
+    def close() -> None:
+        """Wait for every process, then tear the group down: a process that leaves while the main
+        one still evaluates can abort in the collective library's threads at exit."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     @property
     def label(self) -> str:
         return f" [process {self.rank + 1}/{self.size}]" if self.size > 1 else ""
