@@ -91,7 +91,7 @@ def _lm_eval_setting(args: argparse.Namespace, key: str, default: Any = None) ->
 def check_output_folder(output_path: str | None) -> None:
     """The run folders go under `--output_path`: refuse one that cannot be written, before any work."""
     from .pipeline import DEFAULT_OUTPUT
-    from .report import unwritable
+    from .run.report import unwritable
 
     folder = Path(output_path) if output_path else DEFAULT_OUTPUT
     folder = folder.parent if folder.suffix == ".json" else folder
@@ -129,9 +129,9 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
     from .optimizers import get_optimizer
     from .options import parse_optimize_args
     from .pipeline import OptimizeRun, ProcessGroup
-    from .splits import resolve_split
-    from .store import InstructionCache, default_cache_dir
-    from .transfer import read_source
+    from .harness.splits import resolve_split
+    from .run.store import InstructionCache, default_cache_dir
+    from .run.transfer import read_source
 
     run = None
     try:
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     @group.command("show", help="Print per-task instructions, scores, stop reasons and cost of a run; write its plot.")
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
     def show(run_dir: Path) -> None:
-        from .report import describe, plot_dev_scores
+        from .run.report import describe, plot_dev_scores
 
         path = run_dir / "prompt_optimization.json"
         if not path.is_file():
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     @click.option("--fail-under", multiple=True, metavar="TASK=VALUE", help="Exit 1 if a row scores under VALUE on TASK (repeatable).")
     @click.option("--fail-on-regression", is_flag=True, help="Exit 1 if any optimized score is below its baseline.")
     def leaderboard_command(paths: tuple[Path, ...], form: str, out: Path | None, fail_under: tuple[str, ...], fail_on_regression: bool) -> None:
-        from .leaderboard import gate, leaderboard, parse_threshold, render
+        from .run.leaderboard import gate, leaderboard, parse_threshold, render
 
         try:
             thresholds = [parse_threshold(t) for t in fail_under]

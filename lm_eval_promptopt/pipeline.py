@@ -23,9 +23,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import __version__
-from .control import Budget, Checkpoint, SearchControl
+from .run.log import Budget, Checkpoint, SearchControl
 from .errors import PromptOptError, StageError
-from .objective import (
+from .harness.objective import (
     Objective,
     TaskSplits,
     group_metric,
@@ -34,8 +34,8 @@ from .objective import (
 )
 from .optimizers.base import Optimizer, Problem
 from .options import RunOptions
-from .prompting import Placement, bind_instruction, detect_placement
-from .report import (
+from .harness.prompting import Placement, bind_instruction, detect_placement
+from .run.report import (
     SCHEMA_VERSION,
     Trajectory,
     comparison_rows,
@@ -44,9 +44,9 @@ from .report import (
     plot_dev_scores,
     write_json,
 )
-from .splits import SplitPlan, plan_splits
-from .store import InstructionCache, digest, model_identity
-from .transfer import Source, check_transfer
+from .harness.splits import SplitPlan, plan_splits
+from .run.store import InstructionCache, digest, model_identity
+from .run.transfer import Source, check_transfer
 
 
 @dataclass

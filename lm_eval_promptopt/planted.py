@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .store import cache_root
+from .run.store import cache_root
 from .testbed import CHAT_TEMPLATE
 
 _INSTALLED = Path(__file__).resolve().parent / "task_configs"  # as cli.task_configs_dir()

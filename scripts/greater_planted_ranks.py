@@ -17,12 +17,12 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from lm_eval_promptopt import planted
-from lm_eval_promptopt.objective import Objective, TaskSplits, primary_metric
+from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_metric
 from lm_eval_promptopt.optimizers.base import Problem
 from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig
 from lm_eval_promptopt.options import RunOptions
-from lm_eval_promptopt.prompting import Placement
-from lm_eval_promptopt.splits import plan_splits
+from lm_eval_promptopt.harness.prompting import Placement
+from lm_eval_promptopt.harness.splits import plan_splits
 
 
 def build(op: str, instruction: str, train: int, model: str | None) -> tuple[Greater, list[int]]:

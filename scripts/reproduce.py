@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from lm_eval_promptopt.leaderboard import load_run
+from lm_eval_promptopt.run.leaderboard import load_run
 from lm_eval_promptopt.optimizers import get_optimizer
 from lm_eval_promptopt.options import parse_optimize_args
 from lm_eval_promptopt.pipeline import projected_cost_table
-from lm_eval_promptopt.splits import SplitPlan, plan_splits, resolve_split
+from lm_eval_promptopt.harness.splits import SplitPlan, plan_splits, resolve_split
 
 GREATER_BBH = (
     "boolean_expressions causal_judgement date_understanding disambiguation_qa formal_fallacies geometric_shapes "

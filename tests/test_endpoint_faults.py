@@ -13,7 +13,7 @@ from conftest import load_results, needs_shared_data
 from scripted_server import ScriptedServer, down_url, edit_toward
 from test_gpo import Background, toy_problem
 
-from lm_eval_promptopt.llm import OptimizerLLMError
+from lm_eval_promptopt.optimizers.llm import OptimizerLLMError
 from lm_eval_promptopt.optimizers.gpo import GPO, GPOConfig
 
 pytestmark = needs_shared_data

@@ -23,7 +23,7 @@ from conftest import OFFLINE, lm_eval_command, load_results, needs_shared_data
 from scripted_server import ScriptedServer, current_and_budget, edit_toward
 
 from lm_eval_promptopt.errors import PromptOptError
-from lm_eval_promptopt.llm import OpenAIChat, OptimizerLLMError, SelfLM
+from lm_eval_promptopt.optimizers.llm import OpenAIChat, OptimizerLLMError, SelfLM
 from lm_eval_promptopt.optimizers.base import Problem
 from lm_eval_promptopt.optimizers.gpo import (
     GPO,

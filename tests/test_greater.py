@@ -12,13 +12,13 @@ from lm_eval.tasks import TaskManager
 
 from conftest import load_results, needs_shared_data, run_lm_eval
 from lm_eval_promptopt.errors import PromptOptError
-from lm_eval_promptopt.objective import Objective, TaskSplits, primary_metric
+from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_metric
 from lm_eval_promptopt.optimizers.base import Problem
 from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig, advance, allowed_token_mask, select
 from lm_eval_promptopt.options import RunOptions
 from lm_eval_promptopt.pipeline import apply_task_overrides
-from lm_eval_promptopt.prompting import Placement
-from lm_eval_promptopt.splits import plan_splits
+from lm_eval_promptopt.harness.prompting import Placement
+from lm_eval_promptopt.harness.splits import plan_splits
 
 pytestmark = needs_shared_data
 TASK = "bbh_cot_zeroshot_boolean_expressions"

@@ -74,7 +74,7 @@ def test_training_text_is_what_lm_eval_renders(planted_dir: Path):
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_promptopt.prompting import Placement, render
+    from lm_eval_promptopt.harness.prompting import Placement, render
 
     lm = get_model("hf").create_from_arg_string(f"pretrained={planted_dir},device=cpu", {"batch_size": 1})
     task = TaskManager(include_path=str(TASK_DIR)).load(["planted_largest"])["tasks"]["planted_largest"]

@@ -9,7 +9,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from conftest import needs_shared_data
-from lm_eval_promptopt.prompting import Placement, detect_placement, merge_system_into_first_user_turn, render
+from lm_eval_promptopt.harness.prompting import Placement, detect_placement, merge_system_into_first_user_turn, render
 
 pytestmark = needs_shared_data
 INSTRUCTION = "Read twice, answer once."

@@ -10,7 +10,7 @@ from conftest import load_results, needs_shared_data, run_lm_eval
 
 from lm_eval_promptopt.errors import PromptOptError
 from lm_eval_promptopt.options import RunOptions
-from lm_eval_promptopt.splits import plan_splits, resolve_split, task_family
+from lm_eval_promptopt.harness.splits import plan_splits, resolve_split, task_family
 
 
 def config(**kw):

@@ -9,13 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..control import SearchControl
+from ..run.log import SearchControl
 from ..errors import PromptOptError
 
 if TYPE_CHECKING:
-    from ..objective import Objective
-    from ..prompting import Rendered
-    from ..splits import SplitPlan
+    from ..harness.objective import Objective
+    from ..harness.prompting import Rendered
+    from ..harness.splits import SplitPlan
 
 Split = Literal["train", "dev"]
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from tqdm.auto import tqdm
 
 from ..errors import PromptOptError
-from ..llm import OpenAIChat, OptimizerLLM, OptimizerLLMError, SelfLM, redact_url
+from .llm import OpenAIChat, OptimizerLLM, OptimizerLLMError, SelfLM, redact_url
 from .base import OptimizationResult, Optimizer, Problem, register_optimizer
 
 INITIAL_INSTRUCTION = "Let's think step by step."

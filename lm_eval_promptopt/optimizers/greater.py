@@ -25,7 +25,7 @@ from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm.auto import tqdm
 
 from ..errors import PromptOptError
-from ..task_facts import TASK_PHRASES, answer_frame, bare_answer, gold_text, raw_question
+from ..harness.task_facts import TASK_PHRASES, answer_frame, bare_answer, gold_text, raw_question
 from .base import OptimizationResult, Optimizer, Problem, register_optimizer
 
 INITIAL_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import PromptOptError
+from .. import __version__
+from ..errors import PromptOptError
 from .report import unwritable, write_json
 
 logger = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import PromptOptError
-from .options import RunOptions
-from .splits import SplitPlan, Subset
+from ..errors import PromptOptError
+from ..options import RunOptions
+from ..harness.splits import SplitPlan, Subset
 
 PLAN_OPTIONS = ("seed", "split", "train_size", "dev_size")
 """The run options that choose a plan; the hint for the source's plan names those it changed."""

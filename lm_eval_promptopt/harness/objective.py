@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .errors import PromptOptError
+from ..errors import PromptOptError
 from .prompting import Placement, Rendered, bind_instruction, render
 from .splits import SplitPlan, evaluated_split
 

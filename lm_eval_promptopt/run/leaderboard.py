@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PromptOptError
+from ..errors import PromptOptError
 from .store import digest
 
 PLAIN = "baseline"
@@ -135,10 +135,10 @@ def _non_default(values: dict[str, Any], cls: type | None) -> dict[str, Any]:
 
 
 def _settings(section: dict[str, Any]) -> str:
-    from .options import RunOptions
+    from ..options import RunOptions
 
     try:
-        from .optimizers import get_optimizer
+        from ..optimizers import get_optimizer
 
         config_class = get_optimizer(section["optimizer"]).config_class
     except Exception:  # an optimizer this install does not have: show its whole config

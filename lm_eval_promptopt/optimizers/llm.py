@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tqdm.auto import tqdm
 
-from .errors import StageError
+from ..errors import StageError
 
 Log = Callable[[dict[str, Any]], None]
 

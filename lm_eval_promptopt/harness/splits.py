@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PromptOptError
-from .options import RunOptions
+from ..errors import PromptOptError
+from ..options import RunOptions
 
 _FAMILIES = {
     "bbh": (re.compile(r"^(leaderboard_)?bbh"), "bbh"),
