@@ -45,16 +45,16 @@ def patch_run(module: ModuleType) -> None:
         return
     if getattr(run_cls, "_lm_eval_promptopt", False):
         return
-    from . import cli
+    from . import command
 
     stock_add_args, stock_execute = run_cls._add_args, run_cls._execute
 
     def _add_args(self: Any) -> None:
         stock_add_args(self)
-        cli.add_argument_group(self._parser)
+        command.add_argument_group(self._parser)
 
     def _execute(args: Any) -> None:
-        cli.execute(args, stock_execute)
+        command.execute(args, stock_execute)
 
     run_cls._add_args = _add_args
     run_cls._execute = staticmethod(_execute)

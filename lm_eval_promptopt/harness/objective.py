@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import PromptOptError
 from .prompting import Placement, Rendered, bind_instruction, render
+from .setup import quiet_harness
 from .splits import SplitPlan, evaluated_split
-
-
-@contextlib.contextmanager
-def quiet_harness() -> Iterator[None]:
-    """Keep lm-eval's per-call INFO logging out of the search loop."""
-    logger = logging.getLogger("lm_eval")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def doc_key(doc: Any) -> str:

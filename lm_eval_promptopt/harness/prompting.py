@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .setup import quiet
+
 _SENTINEL = "lm_eval_promptopt system-role probe"
 _DELIMITER = "\n\n"
 
@@ -70,13 +72,8 @@ def detect_placement(lm: Any, apply_chat_template: bool | str) -> Placement:
     if not apply_chat_template:
         return Placement(chat_template=False)
     probe = [{"role": "system", "content": _SENTINEL}, {"role": "user", "content": "?"}]
-    logger = logging.getLogger("lm_eval.models.huggingface")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # HFLM warns when it drops the system role: expected here
-    try:
+    with quiet("lm_eval.models.huggingface", logging.ERROR):  # HFLM warns when it drops the system role: expected here
         rendered = lm.apply_chat_template(probe)
-    finally:
-        logger.setLevel(level)
     return Placement(chat_template=True, system_role=_SENTINEL in str(rendered))
 
 

@@ -1,4 +1,5 @@
-"""Task-family facts GReaTer needs: the raw question, the bare gold answer, the extractor frame.
+"""Task-family facts the optimizers need: the raw question, the gold answer (bare, or the gold
+choice of a multiple-choice doc), a doc as a (question, answer) exemplar, the extractor frame.
 
 The frame is the paper's answer-extraction prompt (shared/reference/greater.md §4.2): "Therefore,
 the final answer (use exact format: <options>) is <marker>", the options and marker chosen per
@@ -31,6 +32,28 @@ def raw_question(task: Any, doc: dict, family: str) -> str:
 def gold_text(target: str, family: str) -> str:
     """The gold answer as the task writes it (GSM8k: the number after `####`)."""
     return target.split("####")[-1].strip() if family == "gsm8k" else target.strip()
+
+
+def gold_choice(task: Any, doc: dict) -> tuple[list[str], int]:
+    """A multiple-choice doc's choices as text and the index of the gold one (the task's target
+    is that index, or the gold choice's text)."""
+    choices = [str(c) for c in task.doc_to_choice(doc)]
+    target = task.doc_to_target(doc)
+    return choices, target if isinstance(target, int) else choices.index(str(target))
+
+
+def exemplar(task: Any, doc: dict) -> tuple[str, str]:
+    """(question, gold answer) of a doc as the task renders them (`doc_to_text`, `doc_to_target`)."""
+    question = task.doc_to_text(doc)
+    target = task.doc_to_target(doc)
+    if isinstance(target, list):
+        target = target[0] if target else ""
+    if task.get_config("output_type") == "multiple_choice" and isinstance(target, int):
+        choices, gold = gold_choice(task, doc)
+        target = choices[gold] if 0 <= gold < len(choices) else target
+    if isinstance(question, int):  # a few tasks index into their choices
+        question = task.doc_to_choice(doc)[question]
+    return str(question).strip(), str(target).strip()
 
 
 def bare_answer(text: str) -> str:

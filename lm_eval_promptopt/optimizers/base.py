@@ -1,4 +1,11 @@
-"""The optimizer seam: the `Problem` an optimizer receives, its result, and the registry."""
+"""The optimizer seam: the `Problem` an optimizer receives, its result, and the registry.
+
+An optimizer sees one leaf task as a sealed `Problem`: scores through the harness (`score`),
+the optimize-train/dev docs (`docs`), the exact prompts lm-eval renders (`render`), gold targets
+(`target`, `exemplar`), the task facts it needs (`family`, `output_type`, `generation_kwargs`,
+`chat_template`), the model (`model`) and the `RunLog` (`log`: records, per-step state, resume,
+replay, stop conditions). It touches no CLI argument, file or lm-eval internal directly.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..run.log import SearchControl
 from ..errors import PromptOptError
+from ..harness.setup import unwrap
+from ..harness.task_facts import exemplar
+from ..run.log import RunLog
 
 if TYPE_CHECKING:
     from ..harness.objective import Objective
@@ -25,9 +34,13 @@ class NoConfig:
     """For optimizers without hyperparameters."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Problem:
-    """One leaf task to optimize: its docs, the harness-backed objective, and the model."""
+    """One leaf task to optimize: its docs, the harness-backed objective, the model, the run log.
+
+    `lm`, `plan` and `objective` are the constructor's inputs; optimizers use the members below.
+    `task` and `control` remain only until greater.py and gpo.py have moved to the others.
+    """
 
     task_name: str
     lm: Any
@@ -35,8 +48,8 @@ class Problem:
     objective: Objective
     initial_instruction: str
     seed: int
-    control: SearchControl = field(default_factory=SearchControl)
-    """Budget, stop conditions and per-step checkpoints (see `control.py`)."""
+    log: RunLog = field(default_factory=RunLog)
+    """Records, per-step state and stop conditions (see `run/log.py`)."""
 
     def score(self, instruction: str, split: Split = "dev") -> float:
         """The task's primary metric for `instruction` on `split`, through lm-eval (memoized)."""
@@ -52,14 +65,48 @@ class Problem:
     def target(self, doc: dict) -> str:
         return self.objective.target(doc)
 
+    def exemplar(self, doc: dict) -> tuple[str, str]:
+        """(question, gold answer) of `doc` as the task renders them."""
+        return exemplar(self.task, doc)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Append an entry (a scored candidate, a step) to this task's trajectory file."""
+        self.objective.record(entry)
+
+    @property
+    def model(self) -> Any:
+        """The evaluated lm-eval model, unwrapped from `--use_cache`'s `CachingLM`."""
+        return unwrap(self.lm)
+
+    @property
+    def family(self) -> str:
+        """The task family (bbh, mmlu, gsm8k, folio, other) of the split plan."""
+        return self.plan.family
+
+    @property
+    def chat_template(self) -> bool:
+        """Whether prompts go through the model's chat template."""
+        return self.objective.placement.chat_template
+
+    @property
+    def output_type(self) -> str:
+        """lm-eval's output type: generate_until, multiple_choice, loglikelihood, ..."""
+        return self.task.get_config("output_type")
+
+    @property
+    def generation_kwargs(self) -> dict[str, Any]:
+        """The task's generation settings (empty for other output types)."""
+        return self.task.get_config("generation_kwargs") or {}
+
     @property
     def task(self) -> Any:
         """The lm-eval task (read-only use: output type, generation settings, choices)."""
         return self.objective.splits.task
 
-    def record(self, entry: dict[str, Any]) -> None:
-        """Append an entry (a scored candidate, a step) to this task's trajectory file."""
-        self.objective.record(entry)
+    @property
+    def control(self) -> RunLog:
+        """The run log under its former name."""
+        return self.log
 
 
 @dataclass

@@ -273,20 +273,6 @@ def meta_prompt(
     return "\n\n".join(parts) + "\n\n" + "\n".join(closing)
 
 
-def exemplar(task: Any, doc: dict) -> tuple[str, str]:
-    """(question, gold answer) of a doc as the task renders them (`doc_to_text`, `doc_to_target`)."""
-    question = task.doc_to_text(doc)
-    target = task.doc_to_target(doc)
-    if isinstance(target, list):
-        target = target[0] if target else ""
-    if task.get_config("output_type") == "multiple_choice" and isinstance(target, int):
-        choices = task.doc_to_choice(doc)
-        target = choices[target] if 0 <= target < len(choices) else target
-    if isinstance(question, int):  # a few tasks index into their choices
-        question = task.doc_to_choice(doc)[question]
-    return str(question).strip(), str(target).strip()
-
-
 # -- embeddings ----------------------------------------------------------------------------------
 
 
@@ -346,8 +332,8 @@ class GPO(Optimizer):
     def optimizer_llm(self, problem: Problem) -> OptimizerLLM:
         cfg: GPOConfig = self.config
         if cfg.optimizer_model == "self":
-            chat = bool(getattr(getattr(problem.objective, "placement", None), "chat_template", False))
-            return SelfLM(problem.lm, chat_template=chat, log=problem.record, replay=problem.control.replayed_calls())
+            chat = problem.chat_template
+            return SelfLM(problem.model, chat_template=chat, log=problem.record, replay=problem.log.replayed_calls())
         # A key goes to the OpenAI API, or to another endpoint only when api_key_env names it for it.
         key_env = cfg.api_key_env or (None if cfg.optimizer_base_url else "OPENAI_API_KEY")
         return OpenAIChat(
@@ -358,7 +344,7 @@ class GPO(Optimizer):
             max_retries=cfg.max_retries,
             concurrency=cfg.concurrency,
             log=problem.record,
-            replay=problem.control.replayed_calls(),
+            replay=problem.log.replayed_calls(),
             usable=lambda text: bool(parse_candidate(text)),
         )
 
@@ -394,15 +380,15 @@ class GPO(Optimizer):
         llm = self.optimizer_llm(problem)
         rng = random.Random(f"gpo:{problem.seed}:{problem.task_name}")
         positions = rng.sample(range(len(train)), min(cfg.exemplars, len(train)))
-        exemplars = [exemplar(problem.task, train[i]) for i in positions]
+        exemplars = [problem.exemplar(train[i]) for i in positions]
 
         initial = problem.initial_instruction
         trajectory = [Entry(initial, problem.score(initial, "dev"), 0)]
         seen = {initial}
         budgets: list[int | None] = []
         proposing = 0  # steps that got at least one usable candidate
-        if problem.control.resumed:  # continue after the interrupted run's last completed step
-            state = problem.control.resumed
+        if problem.log.resumed:  # continue after the interrupted run's last completed step
+            state = problem.log.resumed
             trajectory = [Entry(**e) for e in state["trajectory"]]
             seen, budgets = set(state["seen"]), list(state["budgets"])
             proposing = state.get("proposing_steps", len(trajectory) - 1)
@@ -434,7 +420,7 @@ class GPO(Optimizer):
                 }
                 best_score = max(e.score for e in trajectory)
                 reason = "no_proposals" if not proposed else "max_optimizer_tokens" if over else None
-                stop = problem.control.step_done(best_score, state, reason)
+                stop = problem.log.step_done(best_score, state, reason)
                 if stop and (t < steps or stop == "no_proposals"):
                     stop_reason = stop
                     break

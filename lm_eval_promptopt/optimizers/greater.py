@@ -25,7 +25,8 @@ from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm.auto import tqdm
 
 from ..errors import PromptOptError
-from ..harness.task_facts import TASK_PHRASES, answer_frame, bare_answer, gold_text, raw_question
+from ..harness.setup import unwrap
+from ..harness.task_facts import TASK_PHRASES, answer_frame, bare_answer, gold_choice, gold_text, raw_question
 from .base import OptimizationResult, Optimizer, Problem, register_optimizer
 
 INITIAL_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."
@@ -100,7 +101,7 @@ def hf_model(problem: Problem) -> Any:
     """The lm-eval HFLM behind the problem, or a clear error for any other model."""
     from lm_eval.models.huggingface import HFLM
 
-    lm = getattr(problem.lm, "lm", problem.lm)  # unwrap --use_cache's CachingLM
+    lm = problem.model
     if not isinstance(lm, HFLM) or getattr(lm, "backend", "causal") != "causal":
         raise needs_hf(type(lm).__name__)
     return lm
@@ -347,7 +348,7 @@ def build_examples(
 ) -> tuple[list[Example], str | None]:
     """Each train doc, rendered by lm-eval with `instruction` (whose ids are `instruction_ids`), as
     token pieces around it; and the extractor frame used (None for multiple choice: no reasoning)."""
-    task, tok, family = problem.task, lm.tokenizer, problem.plan.family
+    task, tok, family = problem.task, lm.tokenizer, problem.family
     docs = problem.docs("train")
     questions = [raw_question(task, doc, family) for doc in docs]
     multiple_choice = task.get_config("output_type") == "multiple_choice"
@@ -369,10 +370,8 @@ def build_examples(
             rest = tok.encode(rendered.text[rendered.span[1] :], add_special_tokens=False)
         proposal = lm.tok_encode(f"{questions[i]}. {fixed_prefix}")
         if multiple_choice:
-            choices = [str(c) for c in task.doc_to_choice(doc)]
-            target = task.doc_to_target(doc)
-            gold = target if isinstance(target, int) else choices.index(str(target))
-            delimiter = "" if problem.objective.placement.chat_template else task.config.target_delimiter
+            choices, gold = gold_choice(task, doc)
+            delimiter = "" if problem.chat_template else task.config.target_delimiter
             pieces = [tok.encode(delimiter + c, add_special_tokens=False) for c in choices]
             examples.append(Example(prefix, rest, proposal, [], choices=pieces, gold=gold))
             continue
@@ -407,7 +406,7 @@ class Greater(Optimizer):
         from lm_eval.models.huggingface import HFLM
 
         if not isinstance(model, str):
-            model_cls, name = type(getattr(model, "lm", model)), type(getattr(model, "lm", model)).__name__
+            model_cls, name = type(unwrap(model)), type(unwrap(model)).__name__
         else:
             try:
                 model_cls, name = get_model(model), f"--model {model}"
@@ -431,9 +430,9 @@ class Greater(Optimizer):
             for p in params:
                 p.requires_grad_(True)
 
-        max_evals = problem.control.budget.max_evals
-        if max_evals is not None:  # the final choice spends what is left of the budget (at least one)
-            top = top[: max(1, max_evals - problem.control.evaluations())]
+        left = problem.log.evaluations_left()
+        if left is not None:  # the final choice spends what is left of the budget (at least one)
+            top = top[: max(1, left)]
         dev = [(problem.score(self.text(ids), "dev"), -crit, self.text(ids)) for crit, ids in top]
         best_dev, _, best = max(dev) if dev else (None, None, problem.initial_instruction)
         engine = self.engine
@@ -476,12 +475,12 @@ class Greater(Optimizer):
         prompt = [t for t in tail if t not in special]  # e.g. <unk>: no text can stand for it
         if not prompt:
             raise PromptOptError(f"greater needs an initial instruction with words after 'Use' that the tokenizer can represent, got {instruction!r}")
-        gen_kwargs = problem.task.get_config("generation_kwargs") or {}
+        gen_kwargs = problem.generation_kwargs
         until = gen_kwargs.get("until") or []
         stop = [until] if isinstance(until, str) else list(until)
         max_new = min(cfg.max_reasoning_tokens, int(gen_kwargs.get("max_gen_toks", cfg.max_reasoning_tokens)))
         self.engine, self.tok, self.lm, self.problem = Engine(lm, cfg, stop, max_new), tok, lm, problem
-        self.multiple_choice = problem.task.get_config("output_type") == "multiple_choice"
+        self.multiple_choice = problem.output_type == "multiple_choice"
         start = self.text(prompt)
         self.initial_as_seen = None if start == instruction else start
         if self.initial_as_seen is not None:
@@ -539,7 +538,7 @@ class Greater(Optimizer):
     # -- the loop --------------------------------------------------------------------------
     def _search(self, problem: Problem, prompt: list[int], rng: random.Random) -> tuple[list, list, str]:
         cfg: GreaterConfig = self.config
-        control = problem.control
+        control = problem.log
         memo: dict[tuple[int, ...], Scored] = {}
 
         def remember(ids: list[int], scored: Scored) -> None:  # memoized, and journaled for a resume

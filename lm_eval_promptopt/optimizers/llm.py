@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from tqdm.auto import tqdm
 
 from ..errors import StageError
+from ..harness.setup import unwrap
 
 Log = Callable[[dict[str, Any]], None]
 
@@ -321,7 +322,7 @@ class SelfLM:
     def __init__(
         self, lm: Any, *, chat_template: bool = False, log: Log | None = None, replay: dict[str, dict] | None = None
     ) -> None:
-        self.lm = getattr(lm, "lm", lm)  # bypass --use_cache's CachingLM: it would repeat one sample
+        self.lm = unwrap(lm)  # bypass --use_cache's CachingLM: it would repeat one sample
         self.chat_template = chat_template and hasattr(self.lm, "apply_chat_template")
         inner = getattr(self.lm, "_model", None) or getattr(self.lm, "model", None)
         self.model = str(getattr(getattr(inner, "config", None), "name_or_path", "") or type(self.lm).__name__)

@@ -57,12 +57,12 @@ class BestCandidate(Optimizer):
         """One step per candidate; a resumed search re-reads the scores it already has."""
         scored, reason = [], "completed"
         texts = self.config.instructions()
-        done = (problem.control.resumed or {}).get("scored", 0)
+        done = (problem.log.resumed or {}).get("scored", 0)
         for i, text in enumerate(tqdm(texts, desc=f"candidates {problem.task_name}", unit="step", leave=False)):
             scored.append((problem.score(text, "dev"), -i, text))
             if i < done:  # scored before the interruption (its score is replayed from the trajectory)
                 continue
-            stop = problem.control.step_done(scored[-1][0], {"scored": len(scored)})
+            stop = problem.log.step_done(scored[-1][0], {"scored": len(scored)})
             if stop and i + 1 < len(texts):
                 reason = stop
                 break

@@ -14,80 +14,17 @@ import dataclasses
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import PromptOptError
+from .board import Cell, Leaderboard, Row, Run, cell_text, column_title, fmt, short_model, source_text
+from .leaderboard_html import to_html
 from .store import digest
 
 PLAIN = "baseline"
 """The optimizer label of plain lm-eval results (no prompt optimization section)."""
 _UNSHOWN_OPTIONS = {"refresh", "compare_baseline"}  # they change no score
-
-
-@dataclass
-class Cell:
-    """One task or group of one run: held-out score, baseline, difference, and what it was measured under."""
-
-    metric: str
-    score: float | None
-    stderr: float | None = None
-    baseline: float | None = None
-    delta: float | None = None
-    docs: int | None = None
-    instruction: str | None = None
-    plan: str = ""
-    """Digest of the split plan and the number of docs scored (plain runs: the whole split)."""
-    seeds: str = ""
-
-
-@dataclass
-class Run:
-    """One results JSON, flattened."""
-
-    path: Path
-    model: str
-    optimizer: str
-    settings: str
-    date: float
-    sources: dict[str, int] = field(default_factory=dict)
-    cells: dict[str, Cell] = field(default_factory=dict)
-    groups: set[str] = field(default_factory=set)
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return self.model, self.optimizer, self.settings
-
-
-@dataclass
-class Row:
-    model: str
-    optimizer: str
-    settings: str
-    cells: dict[str, Cell]
-    sources: dict[str, int]
-    files: list[str]
-
-    @property
-    def label(self) -> str:
-        return f"{short_model(self.model)} / {self.optimizer}" + (f" ({self.settings})" if self.settings else "")
-
-
-@dataclass
-class Leaderboard:
-    columns: list[str]
-    groups: set[str]
-    rows: list[Row]
-    flags: list[str]
-    mixed: dict[str, list[str]]
-    """column -> what its rows disagree in (`split plan`, `seeds`, `metric`)."""
-
-
-def short_model(model: str) -> str:
-    """A model path's last two parts (`org/name`), a name as it is."""
-    parts = [p for p in model.replace("\\", "/").split("/") if p]
-    return "/".join(parts[-2:]) if len(parts) > 2 else model
 
 
 def find_results(paths: list[Path]) -> list[Path]:
@@ -243,29 +180,6 @@ def leaderboard(paths: list[Path]) -> Leaderboard:
 # --------------------------------------------------------------------------- formats
 
 
-def fmt(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
-
-
-def cell_text(cell: Cell | None) -> str:
-    if cell is None:
-        return ""
-    text = fmt(cell.score) + (f" ± {cell.stderr:.4f}" if cell.stderr is not None else "")
-    if cell.delta is not None:
-        text += f" (base {fmt(cell.baseline)}, {fmt(cell.delta, signed=True)})"
-    return text
-
-
-def column_title(board: Leaderboard, column: str) -> str:
-    return column + (" (group)" if column in board.groups else "") + (" ⚠" if column in board.mixed else "")
-
-
-def source_text(sources: dict[str, int]) -> str:
-    return ", ".join(f"{name} {count}" if len(sources) > 1 else name for name, count in sorted(sources.items()))
-
-
 def to_markdown(board: Leaderboard) -> str:
     """The scores table, then where each row came from (source, files), then the flags."""
 
@@ -337,11 +251,7 @@ def to_json(board: Leaderboard) -> str:
 
 
 def render(board: Leaderboard, form: str) -> str:
-    if form == "html":
-        from .leaderboard_html import to_html
-
-        return to_html(board)
-    return {"md": to_markdown, "csv": to_csv, "json": to_json}[form](board)
+    return {"md": to_markdown, "csv": to_csv, "json": to_json, "html": to_html}[form](board)
 
 
 # --------------------------------------------------------------------------- CI gates

@@ -8,7 +8,7 @@ from __future__ import annotations
 from html import escape
 from statistics import mean
 
-from .leaderboard import Leaderboard, Row, cell_text, column_title, fmt, short_model, source_text
+from .board import Leaderboard, Row, cell_text, column_title, fmt, short_model, source_text
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }

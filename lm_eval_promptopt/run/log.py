@@ -1,14 +1,18 @@
-"""Budgets, stop conditions and per-step checkpoints of one task's search.
+"""The run log of one task's search: its trajectory, per-step state, journal, resume and replay.
 
-An optimizer calls `SearchControl.step_done` after every completed step. That call writes the
-step's state atomically to ``<run_dir>/state/<task>.json`` (with the search's own counters), and
-returns why the search must stop now, if it must: ``max_evals`` (harness evaluations),
-``time_limit`` (seconds of search, summed over resumed processes) or ``patience`` (steps without
-a better step score). Limits are checked between steps: a step that has begun is finished.
+Three files per task under the run folder:
+- ``trajectories/<task>.jsonl``: every candidate scored, every optimizer-LLM call, every step
+  (appended as it happens; the report's plot and `show` read it);
+- ``state/<task>.json``: the optimizer's state after its last completed step, with the run log's
+  own counters, rewritten atomically by `RunLog.step_done`, valid only for the search's key;
+- ``state/<task>.journal.jsonl``: bulky per-step records (e.g. GReaTer's scored candidates),
+  kept on resume up to the last completed step.
 
-A rerun of the same command finds the checkpoint (`resumed`) and continues after the last
-completed step; what the killed process paid for inside an unfinished step (harness
-evaluations, optimizer-LLM calls) is in the task's trajectory, and is replayed from there.
+`step_done` also asks the stop conditions (`stop.py`) whether the search stops now; limits are
+checked between steps, so a step that has begun is finished. A rerun of the same command finds
+the state (`resumed`) and continues after the last completed step; what the killed process paid
+for inside an unfinished step (harness evaluations, optimizer-LLM calls) is in the trajectory,
+and is replayed from there (`previous`, `replayed_calls`).
 """
 
 from __future__ import annotations
@@ -16,20 +20,31 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .report import write_json
+from .files import read_jsonl, write_json
+from .stop import AnyOf, Progress
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Limits shared by every optimizer (None: no limit)."""
+class Trajectory:
+    """Every candidate a search scored, appended to `<run_dir>/trajectories/<task>.jsonl`.
 
-    max_evals: int | None = None
-    time_limit: float | None = None
-    patience: int | None = None
+    With `resume`, the entries already in the file are kept (a torn last line is dropped) and
+    new ones follow them; otherwise the file starts empty.
+    """
+
+    def __init__(self, path: Path, resume: bool = False) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.entries: list[dict[str, Any]] = read_jsonl(path) if resume else []
+        path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries), encoding="utf-8")
+
+    def append(self, entry: dict[str, Any]) -> None:
+        entry = {"index": len(self.entries), **entry}
+        self.entries.append(entry)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
 
 class Checkpoint:
@@ -51,25 +66,31 @@ class Checkpoint:
         write_json(self.path, {"key": self.key, "payload": payload})
 
 
-class SearchControl:
-    """Counts a search's steps against its budget and checkpoints each step."""
+class RunLog:
+    """What one search records, and what it finds again when resumed.
+
+    Without files (`trajectory` and `checkpoint` None) it records nothing and resumes nothing:
+    an optimizer run outside `lm_eval` (tests, scripts) gets the same interface.
+    """
 
     def __init__(
         self,
-        budget: Budget = Budget(),
-        *,
-        evaluations: Callable[[], int] = lambda: 0,
+        trajectory: Path | None = None,
         checkpoint: Checkpoint | None = None,
-        previous: list[dict[str, Any]] | None = None,
+        *,
+        stop: AnyOf = AnyOf(),
+        evaluations: Callable[[], int] = lambda: 0,
     ) -> None:
-        self.budget = budget
+        self.stop = stop
         self.evaluations = evaluations
+        """Harness evaluations of the search so far (the objective counts them)."""
         self.checkpoint = checkpoint
-        self.previous = previous or []
-        """Trajectory entries of the interrupted process (empty on a fresh search)."""
         saved = (checkpoint.load() if checkpoint else None) or {}
         self.resumed: dict[str, Any] | None = saved.get("search")
         """The optimizer's state after its last completed step, if this search is resumed."""
+        self.trajectory = Trajectory(trajectory, resume=self.resumed is not None) if trajectory else None
+        self.previous: list[dict[str, Any]] = list(self.trajectory.entries) if self.trajectory and self.resumed is not None else []
+        """Trajectory entries of the interrupted process (empty on a fresh search)."""
         self.steps_done: int = saved.get("steps_done", 0)
         self.best: float | None = saved.get("best")
         self.since_best: int = saved.get("since_best", 0)
@@ -77,15 +98,24 @@ class SearchControl:
         self._started = time.perf_counter()
         self._journal: list[dict[str, Any]] = []
         if checkpoint is not None:  # keep the entries of completed steps; drop an unfinished step's
-            lines = self._journal_path.read_text(encoding="utf-8").splitlines() if self._journal_path.exists() else []
-            self._journal = [json.loads(line) for line in lines[: saved.get("journal", 0)]]
+            self._journal = read_jsonl(self._journal_path)[: saved.get("journal", 0)]
             self._journal_path.parent.mkdir(parents=True, exist_ok=True)
-            self._journal_path.write_text("".join(line + "\n" for line in lines[: len(self._journal)]), encoding="utf-8")
+            self._journal_path.write_text("".join(json.dumps(e) + "\n" for e in self._journal), encoding="utf-8")
+
+    @property
+    def path(self) -> Path | None:
+        """The trajectory file (None without files)."""
+        return self.trajectory.path if self.trajectory else None
 
     @property
     def _journal_path(self) -> Path:
         assert self.checkpoint is not None
         return self.checkpoint.path.with_suffix(".journal.jsonl")
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Append an entry (a scored candidate, an optimizer call, a step) to the trajectory."""
+        if self.trajectory is not None:
+            self.trajectory.append(entry)
 
     def journal(self) -> list[dict[str, Any]]:
         """Bulky per-step records (e.g. GReaTer's scored candidates) of the completed steps."""
@@ -102,9 +132,13 @@ class SearchControl:
         """Seconds of search so far, earlier processes of a resumed search included."""
         return self._elapsed_before + time.perf_counter() - self._started
 
+    def progress(self) -> Progress:
+        return Progress(self.steps_done, self.evaluations(), self.elapsed(), self.since_best)
+
     def step_done(self, score: float | None, state: dict[str, Any], reason: str | None = None) -> str | None:
         """Record a completed step (its score: higher is better; None: not scored), save `state`,
-        and return why the search stops now: `reason` (the optimizer's own), a budget, or None."""
+        and return why the search stops now: `reason` (the optimizer's own), a stop condition's,
+        or None."""
         self.steps_done += 1
         if score is not None and (self.best is None or score > self.best):
             self.best, self.since_best = score, 0
@@ -121,18 +155,11 @@ class SearchControl:
                     "search": state,
                 }
             )
-        return reason or self.exhausted()
+        return reason or self.stop.reason(self.progress())
 
-    def exhausted(self) -> str | None:
-        """The budget that is used up, if any."""
-        b = self.budget
-        if b.max_evals is not None and self.evaluations() >= b.max_evals:
-            return "max_evals"
-        if b.time_limit is not None and self.elapsed() >= b.time_limit:
-            return "time_limit"
-        if b.patience is not None and self.since_best >= b.patience:
-            return "patience"
-        return None
+    def evaluations_left(self) -> int | None:
+        """Harness evaluations the stop conditions still allow (None: no limit)."""
+        return self.stop.evaluations_left(self.evaluations())
 
     def replayed_calls(self) -> dict[str, dict[str, Any]]:
         """Optimizer-LLM responses the interrupted process already paid for, by request key."""

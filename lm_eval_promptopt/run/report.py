@@ -1,70 +1,110 @@
-"""What a run writes down: trajectories, the results section, the baseline-vs-optimized table."""
+"""What a run reports: each task's outcome, the results section, the baseline-vs-optimized
+table, the projected cost, the dev-score plot, and the summaries printed after a run or by `show`."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .. import __version__
+from .board import fmt
+from .files import read_jsonl, write_json
 
 SCHEMA_VERSION = 1
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+@dataclass
+class TaskOutcome:
+    """One task's entry in the results section (`prompt_optimization.tasks.<task>`)."""
+
+    task: str
+    metric: str
+    placement: str
+    plan: dict[str, Any]
+    initial_instruction: str
+    final_instruction: str
+    initial_dev_score: float | None
+    final_dev_score: float | None
+    stop_reason: str
+    evaluations: int
+    wall_time_s: float
+    trajectory_file: str
+    source: str = "search"
+    """`search`, `cache` (a cached search with the same key), or `given` (--optimized_prompts)."""
+    cache_entry: str | None = None
+    process: int = 0
+    """Which process of an `accelerate launch` run searched this task (0 in a one-process run)."""
+    initial_kept: bool = False
+    """True where the initial instruction beat the search's choice on optimize-dev and was kept."""
+    search_choice: str | None = None
+    """The search's own choice, where the initial instruction was kept instead."""
+    details: dict[str, Any] = field(default_factory=dict)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a crash never leaves a half-written file), with the mode the umask
-    gives any new file (a shared cache stays shared)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
+def results_section(
+    optimizer: str,
+    config: Any,
+    options: Any,
+    seeds: dict[str, int | None],
+    run_dir: Path,
+    outcomes: list[TaskOutcome],
+    comparison: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """The `prompt_optimization` section of the results JSON."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "plugin_version": __version__,
+        "optimizer": optimizer,
+        "optimizer_config": asdict(config),
+        "options": asdict(options),
+        "seeds": seeds,
+        "run_dir": str(run_dir),
+        "tasks": {o.task: asdict(o) for o in outcomes},
+        **({"baseline_vs_optimized": comparison} if comparison is not None else {}),
+    }
 
 
-def unwritable(folder: Path) -> str | None:
-    """Why files cannot be written in `folder` (created if missing), or None if they can."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
-        return "a file, not a folder" if folder.is_file() else (err.strerror or str(err))
-    return None
+def write_outputs(run_dir: Path, section: dict[str, Any], plot: bool = True) -> None:
+    """The run folder's summary files: optimized_prompts.json, prompt_optimization.json, the
+    baseline-vs-optimized table and (with `plot`) the dev-score plot."""
+    write_json(run_dir / "optimized_prompts.json", {task: o["final_instruction"] for task, o in section["tasks"].items()})
+    write_json(run_dir / "prompt_optimization.json", section)
+    if "baseline_vs_optimized" in section:
+        (run_dir / "baseline_vs_optimized.md").write_text(format_table(section["baseline_vs_optimized"]) + "\n", encoding="utf-8")
+    if plot and section["tasks"]:
+        plot_dev_scores(section, run_dir / "dev_scores.png")
 
 
-class Trajectory:
-    """Every candidate a search scored, appended to `<run_dir>/trajectories/<task>.jsonl`.
+def summary(run_dir: Path, outcomes: list[TaskOutcome], comparison: list[dict[str, Any]] | None) -> str:
+    """What to print after lm-eval's own tables."""
+    lines = []
+    if comparison is not None:
+        lines += ["Held-out: baseline (initial instruction) vs optimized", format_table(comparison), ""]
+    for o in outcomes:
+        scores = "" if o.final_dev_score is None else f"dev {o.initial_dev_score:.4f} -> {o.final_dev_score:.4f}  "
+        origin = {"cache": " (cached search)", "given": " (given)"}.get(o.source, "")
+        lines.append(f"{o.task}: {scores}instruction{origin}: {o.final_instruction!r}")
+    plot = ", dev_scores.png" if (run_dir / "dev_scores.png").exists() else ""
+    lines.append(f"prompt optimization outputs: {run_dir} (prompt_optimization.json, optimized_prompts.json, trajectories/{plot})")
+    return "\n".join(lines)
 
-    With `resume`, the entries already in the file are kept (a torn last line is dropped) and
-    new ones follow them; otherwise the file starts empty.
-    """
 
-    def __init__(self, path: Path, resume: bool = False) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.entries: list[dict[str, Any]] = []
-        if resume and path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    self.entries.append(json.loads(line))
-                except ValueError:
-                    break  # written up to a kill
-        path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries), encoding="utf-8")
+def projected_cost_table(optimizer: Any, plans: dict[str, Any]) -> str:
+    """What the searches will cost at most, per task and in total, printed before they start."""
+    lines = [f"lm_eval_promptopt: projected cost of the {optimizer.name} searches (upper bounds)",
+             "| task | train | dev | harness evaluations | model calls | optimizer calls |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    total = {"harness_evaluations": 0, "model_calls": 0, "optimizer_calls": 0}
+    for name, plan in plans.items():
+        n_train, n_dev = len(plan.train.indices), len(plan.dev.indices)
+        cost = optimizer.projected_cost(n_train, n_dev)
+        total = {k: total[k] + cost[k] for k in total}
+        lines.append(f"| {name} | {n_train} | {n_dev} | {cost['harness_evaluations']} | {cost['model_calls']} | {cost['optimizer_calls']} |")
+    lines.append(f"| total | | | {total['harness_evaluations']} | {total['model_calls']} | {total['optimizer_calls']} |")
+    return "\n".join(lines)
 
-    def append(self, entry: dict[str, Any]) -> None:
-        entry = {"index": len(self.entries), **entry}
-        self.entries.append(entry)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
 
 
 def metric_value(results: dict[str, Any], name: str, metric: str) -> float | None:
@@ -89,31 +129,21 @@ def comparison_rows(
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table: | task | metric | baseline | optimized | delta |."""
-
-    def num(value: float | None, signed: bool = False) -> str:
-        if value is None:
-            return "n/a"
-        return f"{value:+.4f}" if signed else f"{value:.4f}"
-
     lines = [
         "| task | metric | baseline | optimized | delta |",
         "|---|---|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['name']} | {row['metric']} | {num(row['baseline'])} | "
-            f"{num(row['optimized'])} | {num(row['delta'], signed=True)} |"
+            f"| {row['name']} | {row['metric']} | {fmt(row['baseline'])} | "
+            f"{fmt(row['optimized'])} | {fmt(row['delta'], signed=True)} |"
         )
     return "\n".join(lines)
 
 
 def dev_curve(trajectory_file: str | Path) -> list[float]:
     """The optimize-dev scores of a task's trajectory, in the order they were measured."""
-    path = Path(trajectory_file)
-    if not path.exists():
-        return []
-    entries = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    return [e["score"] for e in entries if e.get("split") == "dev" and "score" in e]
+    return [e["score"] for e in read_jsonl(Path(trajectory_file)) if e.get("split") == "dev" and "score" in e]
 
 
 def plot_dev_scores(section: dict[str, Any], path: Path) -> Path | None:

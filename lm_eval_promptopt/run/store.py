@@ -16,7 +16,8 @@ from typing import Any
 
 from .. import __version__
 from ..errors import PromptOptError
-from .report import unwritable, write_json
+from ..harness.setup import unwrap
+from .files import unwritable, write_json
 
 logger = logging.getLogger(__name__)
 ENV_CACHE = "LM_EVAL_PROMPTOPT_CACHE"
@@ -52,7 +53,7 @@ def model_identity(lm: Any, model: Any, model_args: Any) -> dict[str, Any]:
     """Model name, revision and, for Hugging Face models, a hash of the loaded model's config."""
     args = model_args if isinstance(model_args, dict) else {"model_args": str(model_args or "")}
     identity = {"model": model if isinstance(model, str) else type(model).__name__, "model_args": args}
-    inner = getattr(lm, "lm", lm)
+    inner = unwrap(lm)
     config = getattr(getattr(inner, "model", None), "config", None)
     if config is not None and hasattr(config, "to_dict"):
         identity["hf_config_sha256"] = digest(config.to_dict())

@@ -1,0 +1,106 @@
+"""Model and task set-up as `lm_eval.simple_evaluate` does it, in one place.
+
+During an `--optimize` run lm-eval's own `simple_evaluate` runs only for the final, held-out
+evaluation; the search needs the model and the tasks before that. This module repeats the few
+steps of `simple_evaluate` the search depends on (seeding, the model, per-task overrides), so
+that the search and the evaluation see the same model and the same task settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+
+def seed_everything(kw: dict[str, Any]) -> None:
+    """Seed Python, NumPy and torch from `simple_evaluate`'s seed arguments (None: left alone)."""
+    seeds = (kw.get("random_seed"), kw.get("numpy_random_seed"), kw.get("torch_random_seed"))
+    if seeds[0] is not None:
+        random.seed(seeds[0])
+    if seeds[1] is not None:
+        import numpy as np
+
+        np.random.seed(seeds[1])
+    if seeds[2] is not None:
+        import torch
+
+        torch.manual_seed(seeds[2])
+
+
+def build_lm(kw: dict[str, Any]) -> Any:
+    """Build the model the way `simple_evaluate` does, once, for the search and the evaluation."""
+    import lm_eval.api.model
+    import lm_eval.api.registry
+
+    model = kw["model"]
+    if not isinstance(model, str):
+        return model
+    extra = {"batch_size": kw.get("batch_size"), "max_batch_size": kw.get("max_batch_size"), "device": kw.get("device")}
+    factory = lm_eval.api.registry.get_model(model)
+    args = kw.get("model_args") or ""
+    lm = factory.create_from_arg_obj(args, extra) if isinstance(args, dict) else factory.create_from_arg_string(args, extra)
+    if kw.get("use_cache"):
+        lm = lm_eval.api.model.CachingLM(lm, f"{kw['use_cache']}_rank{lm.rank}.db")
+    return lm
+
+
+def unwrap(lm: Any) -> Any:
+    """The model behind `--use_cache`'s `CachingLM` (the model itself otherwise)."""
+    return getattr(lm, "lm", lm)
+
+
+def apply_task_overrides(tasks: dict[str, Any], kw: dict[str, Any]) -> None:
+    """Per-task settings exactly as `simple_evaluate` applies them (bare `evaluate()` does not)."""
+    gen_kwargs, num_fewshot = kw.get("gen_kwargs"), kw.get("num_fewshot")
+    if isinstance(gen_kwargs, str):
+        from lm_eval.utils import simple_parse_args_string
+
+        gen_kwargs = simple_parse_args_string(gen_kwargs) or None
+    for task in tasks.values():
+        if gen_kwargs and task.get_config("output_type") == "generate_until":
+            task.set_config(key="generation_kwargs", value=gen_kwargs, update=True)
+        if num_fewshot is not None and task.get_config("num_fewshot") != 0:
+            task.set_config(key="num_fewshot", value=num_fewshot)
+        elif task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=kw.get("fewshot_random_seed"))
+
+
+def evaluation_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """The `simple_evaluate` arguments that `evaluate()` takes as they are."""
+    return {key: kw.get(key, False) for key in ("apply_chat_template", "fewshot_as_multiturn", "confirm_run_unsafe_code")}
+
+
+def root_items(loaded: dict[str, Any]) -> list[Any]:
+    """The top-level groups and tasks of a `TaskManager.load()` result, to load them again."""
+    children = {c for group in loaded["groups"].values() for c in group.child_names}
+    roots = [g for name, g in loaded["groups"].items() if name not in children]
+    return roots + [t for name, t in loaded["tasks"].items() if name not in children]
+
+
+def limited(indices: list[int], limit: int | float | None) -> list[int]:
+    """The docs `--limit` keeps: a count, or a fraction below 1 (at least one doc)."""
+    if limit is None:
+        return indices
+    count = int(limit * len(indices)) if limit < 1 else int(limit)
+    return indices[: max(count, 1)]
+
+
+@contextlib.contextmanager
+def quiet(logger_name: str, level: int) -> Iterator[None]:
+    """Raise a logger's level for the block, then restore it."""
+    logger = logging.getLogger(logger_name)
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+def quiet_harness() -> contextlib.AbstractContextManager[None]:
+    """Keep lm-eval's per-call INFO logging out of the search loop."""
+    return quiet("lm_eval", logging.WARNING)
