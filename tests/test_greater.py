@@ -16,7 +16,7 @@ from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_m
 from lm_eval_promptopt.optimizers.base import Problem
 from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig, advance, allowed_token_mask, select
 from lm_eval_promptopt.options import RunOptions
-from lm_eval_promptopt.pipeline import apply_task_overrides
+from lm_eval_promptopt.harness.setup import apply_task_overrides
 from lm_eval_promptopt.harness.prompting import Placement
 from lm_eval_promptopt.harness.splits import plan_splits
 
