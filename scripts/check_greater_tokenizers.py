@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lm_eval_promptopt.testbed import TOKENIZERS, build_tiny_model, write_local_task_overrides
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/support/ is in the checkout, not the package
+from tests.support.testbed import TOKENIZERS, build_tiny_model, write_local_task_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("bbh_cot_zeroshot_boolean_expressions", "gsm8k_cot_zeroshot")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from lm_eval_promptopt.planted import check
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is in the checkout, not the package
+from benchmarks.planted import check  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Demo: optimize-then-evaluate on the planted-instruction benchmark, offline, in a few minutes on CPU.
 
 Gets the planted model (trained once, with a progress bar: about 2 minutes on 2 idle CPU cores,
-up to ~13 under load; then cached; see lm_eval_promptopt/planted.py): a tiny LM whose answer
+up to ~13 under load; then cached; see benchmarks/planted): a tiny LM whose answer
 depends on whether the instruction holds a keyword of the task's op ("largest", "first", ...).
 Without one it scores about a third. Then it
 runs the stock `lm_eval` command with `--optimize greater` from a neutral instruction: GReaTer
@@ -22,9 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from lm_eval_promptopt import planted
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benchmarks/ is in the checkout, not the package
+from benchmarks import planted  # noqa: E402
+
 DEFAULT_OPS = ("largest", "first")
 
 

@@ -1,6 +1,6 @@
 """GPU check: `lm_eval --optimize greater | gpo (optimizer_model=self) | candidates` on a tiny model.
 
-Offline: builds the tiny random Llama of the tests (lm_eval_promptopt.testbed), loads it in
+Offline: builds the tiny random Llama of the tests (tests/support/testbed.py), loads it in
 bfloat16 on CUDA (with `parallelize=True` where more than one GPU is visible) and runs the three
 optimizers on the planted task `planted_largest` (data in the repository). Prints, per run, exit
 code, wall time, peak memory (CUDA: torch's max allocated; CPU: peak RSS), GReaTer's seconds per
@@ -96,7 +96,8 @@ def main() -> None:
     if args.device == "cuda" and gpus == 0:
         sys.exit("gpu_check: no CUDA device visible (use --device cpu for the dry mode)")
     print(f"gpu_check: device {args.device}" + (f", {gpus} GPU(s): {', '.join(torch.cuda.get_device_name(i) for i in range(gpus))}" if gpus else ""))
-    from lm_eval_promptopt.testbed import build_tiny_model
+    sys.path.insert(0, str(REPO))  # tests/support/ is in the checkout, not the package
+    from tests.support.testbed import build_tiny_model
 
     out = Path(args.out).resolve()
     model = out / "tiny_model"

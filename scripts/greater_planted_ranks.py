@@ -11,18 +11,22 @@ op's keyword, the gradient's favourite). Prints one block per position.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
-from lm_eval_promptopt import planted
 from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_metric
 from lm_eval_promptopt.optimizers.base import Problem
 from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig
 from lm_eval_promptopt.options import RunOptions
 from lm_eval_promptopt.harness.prompting import Placement
 from lm_eval_promptopt.harness.splits import plan_splits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is in the checkout, not the package
+from benchmarks import planted  # noqa: E402
 
 
 def build(op: str, instruction: str, train: int, model: str | None) -> tuple[Greater, list[int]]:

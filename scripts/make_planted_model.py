@@ -1,4 +1,4 @@
-"""Train the planted-instruction model (lm_eval_promptopt.planted) from scratch into OUTDIR.
+"""Train the planted-instruction model (benchmarks/planted) from scratch into OUTDIR.
 
 Deterministic for a fixed seed on a given machine; about two minutes on 2 CPU cores.
 Check it with `python scripts/check_planted_model.py OUTDIR`.
@@ -7,9 +7,12 @@ Check it with `python scripts/check_planted_model.py OUTDIR`.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-from lm_eval_promptopt.planted import train_planted_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is in the checkout, not the package
+from benchmarks.planted import train_planted_model  # noqa: E402
 
 
 def main() -> None:

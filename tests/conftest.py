@@ -15,16 +15,41 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each (and their lm_eval runs)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from lm_eval_promptopt.testbed import build_tiny_model, write_local_task_overrides  # noqa: E402 (after the thread count)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ (the test bed and the planted tests use it)
+from support.site import sitecustomize  # noqa: E402
+from support.testbed import build_tiny_model, write_local_task_overrides  # noqa: E402 (after the thread count)
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
+SITE = TESTS / "support" / "site"
 SHARED_DATA = REPO.parent / "shared" / "data"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(),
-    reason=f"real benchmark data not found at {SHARED_DATA} (check out ../shared beside the repo)",
-)
+#: The one skip message of every test that needs the real benchmark data (README: which tests).
+NO_SHARED_DATA = f"real benchmark data not found at {SHARED_DATA} (check out ../shared beside the repo)"
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=NO_SHARED_DATA)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests sharing a module-scoped fixture (one run that several tests assert on) go to one xdist
+    worker, so that it runs once; tests without one are spread one by one."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if item.get_closest_marker("xdist_group") is None and fixtures is not None and any(
+            defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()
+        ):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _task_index_parsed_once(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """lm-eval parses its ~14,000 built-in task YAMLs once per test session (both workers), not in
+    every `lm_eval` process: support/site/sitecustomize.py, on these processes' PYTHONPATH."""
+    base = tmp_path_factory.getbasetemp()
+    store = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "lm_eval_task_index.pickle"
+    os.environ["LM_EVAL_PROMPTOPT_TEST_INDEX"] = str(store)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE), os.environ.get("PYTHONPATH")]))
+    sitecustomize.install(store)  # and in this process (the tests that load tasks in-process)
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +75,7 @@ def tiny_model_no_system(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def local_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """lm-eval's own BBH / MMLU / GSM8k task YAMLs with only the dataset source made local."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real benchmark data not found at {SHARED_DATA} (check out ../shared beside the repo)")
+        pytest.skip(NO_SHARED_DATA)
     return write_local_task_overrides(tmp_path_factory.mktemp("local_tasks"), SHARED_DATA)
 
 
@@ -105,7 +130,7 @@ def run_ci_script(models: list[Path], out: Path, cache: Path) -> subprocess.Comp
 @pytest.fixture(scope="session")
 def ci_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
     """One cold run of the CI example (planted and tiny model): shared by the CI and leaderboard tests."""
-    from lm_eval_promptopt import planted
+    from benchmarks import planted
 
     root = tmp_path_factory.mktemp("ci")
     models = [planted.planted_model(), tiny_model]

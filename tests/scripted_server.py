@@ -9,8 +9,11 @@ client's timeout, "empty" for an HTTP 200 answer whose every choice has empty co
 "no_choices" for one with `choices: []`); `fail_always` answers every later request with that
 action. `down_url()` is an endpoint where nothing listens (connection refused). `honour_n=False`
 answers one choice whatever `n` asks (like many local servers); `reject_n=True` refuses `n` > 1
-with HTTP 400. It stops on leaving the `with` block,
-or by itself after `lifetime_s` seconds.
+with HTTP 400. `delay_s` holds every answered request (HTTP 200) that long before it is
+sent, as a model's generation time would; failures and refusals are sent at once. Each request
+in `requests` notes when it was received and answered (`_received`, `_answered`:
+`time.perf_counter()`), so `max_in_flight()` tells how many were served at the same time. It
+stops on leaving the `with` block, or by itself after `lifetime_s` seconds.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class ScriptedServer:
         honour_n: bool = True,
         reject_n: bool = False,
         hang_s: float = 1.5,
+        delay_s: float = 0.0,
         retry_after: str | None = "0",
         lifetime_s: float = 300.0,
     ) -> None:
@@ -76,6 +80,7 @@ class ScriptedServer:
         self.honour_n = honour_n
         self.reject_n = reject_n
         self.hang_s = hang_s
+        self.delay_s = delay_s
         self.retry_after = retry_after
         self.lifetime_s = lifetime_s
         self.requests: list[dict[str, Any]] = []
@@ -89,8 +94,9 @@ class ScriptedServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                entry = {**body, "_authorization": self.headers.get("Authorization"), "_received": time.perf_counter()}
                 with server.lock:
-                    server.requests.append({**body, "_authorization": self.headers.get("Authorization")})
+                    server.requests.append(entry)
                     action = server.failures.pop(0) if server.failures else server.fail_always
                 if action == "hang":
                     time.sleep(server.hang_s)
@@ -111,6 +117,8 @@ class ScriptedServer:
                     texts = [""] * n
                 elif action == "no_choices":
                     texts = []
+                time.sleep(server.delay_s)
+                entry["_answered"] = time.perf_counter()
                 prompt_words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
                 self._send(
                     200,
@@ -146,6 +154,7 @@ class ScriptedServer:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            request_queue_size = 64  # many concurrent clients: no refused connection
 
             def handle_error(self, request: Any, client_address: Any) -> None:  # quiet
                 pass
@@ -169,6 +178,20 @@ class ScriptedServer:
         if self._thread.is_alive():
             self.httpd.shutdown()
         self.httpd.server_close()
+
+    def max_in_flight(self, requests: list[dict[str, Any]] | None = None) -> int:
+        """The most answered requests (of `requests`, default all) that the server held at one time."""
+        events = sorted(
+            (t, step)
+            for r in (self.requests if requests is None else requests)
+            if "_answered" in r
+            for t, step in ((r["_received"], 1), (r["_answered"], -1))
+        )
+        held = most = 0
+        for _, step in events:  # at equal times an answer (-1) sorts before an arrival: no false overlap
+            held += step
+            most = max(most, held)
+        return most
 
     def prompts(self) -> list[str]:
         """The user message of every chat request received, in order."""

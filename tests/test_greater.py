@@ -10,15 +10,16 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
-from conftest import load_results, needs_shared_data, run_lm_eval
+from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval
 from lm_eval_promptopt.errors import PromptOptError
 from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_metric
 from lm_eval_promptopt.optimizers.base import Problem
 from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig, advance, allowed_token_mask, select
 from lm_eval_promptopt.options import RunOptions
-from lm_eval_promptopt.harness.setup import apply_task_overrides
 from lm_eval_promptopt.harness.prompting import Placement
+from lm_eval_promptopt.harness.setup import apply_task_overrides
 from lm_eval_promptopt.harness.splits import plan_splits
+from support.testbed import build_tiny_model
 
 pytestmark = needs_shared_data
 TASK = "bbh_cot_zeroshot_boolean_expressions"
@@ -27,6 +28,14 @@ TASK = "bbh_cot_zeroshot_boolean_expressions"
 @pytest.fixture(scope="module")
 def lm(tiny_model: Path) -> HFLM:
     return HFLM(pretrained=str(tiny_model), device="cpu", batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def llama3_lm(tmp_path_factory: pytest.TempPathFactory) -> HFLM:
+    """The bench's Llama-3-shaped random model: unlike the tiny one, its greedy reasoning differs between docs."""
+    shape = {"hidden_size": 256, "intermediate_size": 512, "layers": 4, "heads": 4}
+    path = build_tiny_model(tmp_path_factory.mktemp("llama3"), tokenizer="llama3", data_dir=SHARED_DATA, **shape)
+    return HFLM(pretrained=str(path), device="cpu", batch_size=1)
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +207,45 @@ def test_same_seed_same_result_and_tasks_are_independent(lm, tasks):
     a, b = run_greater(lm, tasks[TASK], seed=5), run_greater(lm, tasks[TASK], seed=5)
     assert a.instruction == b.instruction
     assert [s.get("chosen") for s in a.details["steps"]] == [s.get("chosen") for s in b.details["steps"]]
+
+
+def test_batched_generation_and_cached_scoring_match_one_sequence_at_a_time(llama3_lm, tasks):
+    lm = llama3_lm
+    batched, single = Greater(GreaterConfig(max_reasoning_tokens=5)), Greater(GreaterConfig(max_reasoning_tokens=5, batch_size=1))
+    prompt = batched.prepare(make_problem(lm, tasks[TASK], train=6))
+    single.prepare(make_problem(lm, tasks[TASK], train=6))
+    contexts = batched.contexts(prompt[:-1]) + batched.contexts(prompt)  # the shorter first
+    assert len({len(c) for c in contexts}) > 1  # rows of different lengths: sorted, then put back
+    free = batched.engine.generate(contexts)
+    assert len({tuple(r) for r in free}) > 1
+    assert free == [single.engine.generate([c])[0] for c in contexts]  # one call per context: nothing to reorder
+    assert single.engine.generate(contexts) == free  # a batch_size cap of 1: one row per call
+    assert batched.engine.rows["generate"] == len(contexts) and single.engine.rows["generate"] == 1
+    # a stop sequence that ends some rows early: the cache past each row's reasoning must not be read
+    batched.engine.until = [lm.tok_decode(free[0][2:4]), *batched.engine.until]
+    tails = [ex.extractor + ex.answer for ex in batched.examples] * 2
+    reasoning, hidden = batched.engine.generate_and_read(contexts, tails)
+    assert len({len(r) for r in reasoning}) > 1
+    for ctx, r, tail, h in zip(contexts, reasoning, tails, hidden):
+        seq = ctx + r + tail
+        with torch.no_grad():
+            full = lm.model(input_ids=torch.tensor([seq])).logits[0, len(ctx) + len(r) - 1 : len(seq) - 1].float()
+        assert torch.allclose(batched.engine._logits(h[: len(tail)]), full, atol=1e-4)
+
+
+def test_memory_sized_batches_choose_what_one_at_a_time_chooses(llama3_lm, tasks):
+    lm = llama3_lm
+    wide, narrow = run_greater(lm, tasks[TASK], batch_size=None), run_greater(lm, tasks[TASK], batch_size=1)
+    wide_steps, narrow_steps = ([s for s in r.details["steps"] if "step" in s] for r in (wide, narrow))
+    assert [s["chosen"] for s in wide_steps] == [s["chosen"] for s in narrow_steps]
+    for a, b in zip(wide_steps, narrow_steps):
+        assert [r["instruction"] for r in a["ranked"]] == [r["instruction"] for r in b["ranked"]]
+        assert a["criterion"] == pytest.approx(b["criterion"], abs=1e-5)
+        assert set(a["phase_seconds"]) >= {"generation", "forwards", "backwards", "proposal"}
+        assert a["regeneration_shapes"]["context_lengths"] and a["regeneration_shapes"]["new_tokens"] <= 5
+        assert set(b["batch_rows"].values()) == {1} and a["counters"]["generate_calls"] < b["counters"]["generate_calls"]
+        assert a["counters"]["generate_calls"] <= 2  # a reasoning refresh, then every candidate's regeneration at once
+    assert wide.instruction == narrow.instruction
 
 
 def test_multiple_choice_error_is_the_harness_accuracy_on_train(lm, tasks):

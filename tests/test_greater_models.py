@@ -15,7 +15,7 @@ from lm_eval.tasks import TaskManager
 from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval
 from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig
 from lm_eval_promptopt.harness.setup import apply_task_overrides
-from lm_eval_promptopt.testbed import build_tiny_model
+from support.testbed import build_tiny_model
 from test_greater import make_problem
 
 pytestmark = needs_shared_data

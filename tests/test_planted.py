@@ -17,8 +17,8 @@ import pytest
 from conftest import REPO, load_results, run_lm_eval
 from scripted_server import ScriptedServer, current_and_budget
 
-from lm_eval_promptopt import planted
-from lm_eval_promptopt.planted import KEYWORDS, NEUTRAL_INSTRUCTIONS, OPS, TASK_DIR
+from benchmarks import planted
+from benchmarks.planted import KEYWORDS, NEUTRAL_INSTRUCTIONS, OPS, TASK_DIR
 
 NEUTRAL = NEUTRAL_INSTRUCTIONS[1]
 

@@ -113,15 +113,15 @@ def test_greater_killed_mid_search_resumes_and_ends_with_the_same_instruction(ti
     assert resumed["details"]["counters"]["backward_passes"] == whole["details"]["counters"]["backward_passes"]
 
 
-def candidates_run(local_tasks: Path, out: Path, extra: str, candidates: str) -> dict:
-    run_lm_eval(
+def candidates_run(local_tasks: Path, out: Path, extra: str, candidates: str) -> tuple[dict, str]:
+    proc = run_lm_eval(
         [
             "--model", "oracle", "--include_path", str(local_tasks), "--tasks", BBH, "--optimize", "candidates",
             "--optimize_args", f"candidates={candidates}{extra}", "--output_path", str(out),
         ],
         entry="oracle_cli",
     )  # fmt: skip
-    return load_results(out)["prompt_optimization"]["tasks"][BBH]
+    return load_results(out)["prompt_optimization"]["tasks"][BBH], proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -134,10 +134,13 @@ def candidates_run(local_tasks: Path, out: Path, extra: str, candidates: str) ->
     ],
 )
 def test_each_budget_stops_the_search_keeps_the_best_and_says_why(local_tasks: Path, tmp_path: Path, extra, reason, evaluations):
-    task = candidates_run(local_tasks, tmp_path, extra, "Be brief.|Focus on boolean_expressions.|Be kind.|Be calm.|Be bold.")
+    task, stdout = candidates_run(local_tasks, tmp_path, extra, "Be brief.|Focus on boolean_expressions.|Be kind.|Be calm.|Be bold.")
     assert task["stop_reason"] == reason and task["evaluations"] == evaluations
     expected = "Be brief." if reason == "time_limit" else "Focus on boolean_expressions."
     assert task["final_instruction"] == expected
+    if not extra:  # the projected cost, printed before the search: the initial instruction and 5 candidates on 100 dev docs
+        table = stdout.split("projected cost of the candidates searches", 1)[1]
+        assert f"| {BBH} | 50 | 100 | 6 | 600 | 0 |" in table and "| total | | | 6 | 600 | 0 |" in table
 
 
 def test_gpo_step_and_token_budgets(local_tasks: Path, tmp_path: Path):
@@ -151,15 +154,3 @@ def test_gpo_step_and_token_budgets(local_tasks: Path, tmp_path: Path):
     assert by_steps["stop_reason"] == "steps" and len(by_steps["details"]["trajectory"]) == 3
     assert by_tokens["stop_reason"] == "max_optimizer_tokens" and len(by_tokens["details"]["trajectory"]) == 2
     assert by_tokens["details"]["optimizer"]["usage"]["requests"] == 1
-
-
-def test_projected_cost_is_printed_before_the_search(local_tasks: Path, tmp_path: Path):
-    proc = run_lm_eval(
-        [
-            "--model", "oracle", "--include_path", str(local_tasks), "--tasks", BBH, "--optimize", "candidates",
-            "--optimize_args", "candidates=A|B|C", "--output_path", str(tmp_path),
-        ],
-        entry="oracle_cli",
-    )  # fmt: skip
-    table = proc.stdout.split("projected cost of the candidates searches", 1)[1]
-    assert f"| {BBH} | 50 | 100 | 4 | 400 | 0 |" in table and "| total | | | 4 | 400 | 0 |" in table

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import load_results, needs_shared_data, run_lm_eval
 
 pytestmark = needs_shared_data
@@ -23,9 +25,15 @@ def run(local_tasks: Path, out: Path, cache: Path, extra: str = ""):
     return load_results(out)["prompt_optimization"]["tasks"][TASK], proc
 
 
-def test_cache_hit_miss_refresh_and_corruption(local_tasks: Path, tmp_path: Path):
-    cache = tmp_path / "cache"
-    first, _ = run(local_tasks, tmp_path / "1", cache)
+@pytest.fixture(scope="module")
+def searched(local_tasks: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """One search into a fresh instruction cache: the cache tests go on from it, the transfer test takes its prompts."""
+    cache = tmp_path_factory.mktemp("reuse") / "cache"
+    return run(local_tasks, cache.parent / "1", cache)[0], cache
+
+
+def test_cache_hit_miss_refresh_and_corruption(searched: tuple[dict, Path], local_tasks: Path, tmp_path: Path):
+    first, cache = searched
     assert first["source"] == "search" and first["evaluations"] == 3
     entry = Path(first["cache_entry"])
     assert entry.parent == cache and json.loads(entry.read_text())["key"]["task"] == TASK
@@ -48,9 +56,9 @@ def test_cache_hit_miss_refresh_and_corruption(local_tasks: Path, tmp_path: Path
     assert run(local_tasks, tmp_path / "6", cache)[0]["source"] == "cache"  # rewritten whole
 
 
-def test_optimized_prompts_transfer_to_another_model(local_tasks: Path, tiny_model: Path, tmp_path: Path):
+def test_optimized_prompts_transfer_to_another_model(searched: tuple[dict, Path], local_tasks: Path, tiny_model: Path, tmp_path: Path):
     """Prompts from one run (oracle) evaluated, with no search, by another model (a real HF model)."""
-    first, _ = run(local_tasks, tmp_path / "search", tmp_path / "cache")
+    first, _ = searched
     written = Path(first["trajectory_file"]).parents[1] / "optimized_prompts.json"
     assert json.loads(written.read_text()) == {TASK: "Focus on boolean_expressions."}
     prompts = tmp_path / "shared_prompts.json"  # a plain {task: instruction} file, away from its run

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import SHARED_DATA, needs_shared_data, run_lm_eval
-from lm_eval_promptopt.testbed import build_tiny_model, main
+from support.testbed import build_tiny_model, main
 
 SYSTEM = "You are a careful assistant."
 CHAT = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 2 + 2?"}]
@@ -34,7 +34,7 @@ def lm_eval_args(tiny_model: Path, local_tasks: Path, out: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lm_eval_run(tiny_model: Path, local_tasks: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("lm_eval_out")
     run_lm_eval(lm_eval_args(tiny_model, local_tasks, out))

@@ -481,7 +481,11 @@ class GPO(Optimizer):
         budget = word_budget(t, steps, cfg.schedule, cfg.budget_start, cfg.budget_end, cfg.warmup)
         prompt = meta_prompt(shown, current.instruction, exemplars, cfg.update, budget)
         seed = zlib.crc32(f"gpo:{problem.seed}:{problem.task_name}:{t}".encode())
+        before, sampling_start = llm.usage.as_dict(), time.perf_counter()
         texts = llm.sample(prompt, cfg.samples, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed)
+        # this step's optimizer calls: wall seconds and what they cost (retries included)
+        sampling = {"seconds": round(time.perf_counter() - sampling_start, 3)}
+        sampling.update((name, value - before[name]) for name, value in llm.usage.as_dict().items())
 
         candidates = list(dict.fromkeys(c for c in map(parse_candidate, texts) if c))
         scored = []
@@ -505,6 +509,7 @@ class GPO(Optimizer):
                 "budget": budget,
                 "shown": [{"instruction": e.instruction, "dev_score": e.score, "step": e.step} for e in shown],
                 "samples": len(texts),
+                "sampling": sampling,
                 "unparsed": sum(1 for x in texts if not parse_candidate(x)),
                 "candidates": scored,
                 "chosen": entry.instruction,

@@ -13,9 +13,12 @@ Spec: shared/reference/greater.md. Fixed defects of the reference: see README (G
 
 from __future__ import annotations
 
+import os
 import random
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +26,7 @@ import torch
 from lm_eval.models.utils import handle_stop_sequences
 from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm.auto import tqdm
+from transformers import StaticCache
 
 from ..errors import PromptOptError
 from ..harness.setup import unwrap
@@ -57,12 +61,13 @@ class GreaterConfig:
     proposal: str = "example"
     """`example`: propose from "{question}. Use {prompt prefix}" per example (the paper's layout);
     `rendered`: from the rendered prompt prefix (one distribution shared by all examples)."""
-    batch_size: int = 8
-    """Sequences per forward/backward/generation batch."""
+    batch_size: int | None = None
+    """Cap on the sequences per forward/backward/generation batch; None: lm-eval's integer
+    `--batch_size` where it is above 1, else none. Batches are sized to free memory below it."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "topk", "topq", "max_reasoning_tokens", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.proposal not in ("example", "rendered"):
             raise ValueError(f"proposal must be 'example' or 'rendered', got {self.proposal!r}")
@@ -93,8 +98,38 @@ class Scored:
 
 
 class Counters(dict):
-    def add(self, key: str, value: int = 1) -> None:
+    def add(self, key: str, value: float = 1) -> None:
         self[key] = self.get(key, 0) + value
+
+
+MEMORY_SHARE = 0.5  # of the free memory one batch may plan for
+CPU_BATCH_TOKENS = 8192
+"""On CPU a batch stops paying off once its activations leave the processor's caches: 150 greedy
+generations of 300 + 64 tokens on one thread took 22 s in one batch, 17 s in batches of 25."""
+
+
+def free_memory(device: Any) -> int:
+    """Bytes free on `device`: the CUDA allocator's view on a GPU, free physical pages on CPU."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def rows_that_fit(model: Any, width: int, wanted: int, cap: int | None, backward: bool = False) -> int:
+    """How many sequences of `width` tokens one batch takes: half the free memory over an estimate
+    of the bytes per token (KV cache, one layer's activations and attention scores; every layer's
+    with `backward`), on CPU at most `CPU_BATCH_TOKENS` tokens, at most `wanted` and `cap`, at least 1."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv = 2 * cfg.num_hidden_layers * getattr(cfg, "num_key_value_heads", heads) * head_dim
+    layer = 8 * cfg.hidden_size + 3 * getattr(cfg, "intermediate_size", 4 * cfg.hidden_size) + 2 * heads * width
+    per_token = next(model.parameters()).element_size() * (kv + layer * (cfg.num_hidden_layers if backward else 1))
+    device = next(model.parameters()).device
+    rows = int(MEMORY_SHARE * free_memory(device) // (per_token * max(width, 1)))
+    if device.type == "cpu":
+        rows = min(rows, CPU_BATCH_TOKENS // max(width, 1))
+    return max(1, min(rows, wanted, cap or wanted))
 
 
 def hf_model(problem: Problem) -> Any:
@@ -185,7 +220,32 @@ class Engine:
         self.embeddings = self.model.get_input_embeddings().weight
         self.head = self.model.get_output_embeddings()
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        given = getattr(lm, "batch_size_per_gpu", None)  # lm-eval's --batch_size (its default is 1)
+        self.cap = config.batch_size or (given if isinstance(given, int) and given > 1 else None)
         self.counters = Counters()
+        self.seconds = Counters()
+        """Wall seconds per phase: generation, forwards, backwards, proposal."""
+        self.rows: dict[str, int] = {}
+        """The largest batch (sequences) used per kind of call: generate, forward, backward."""
+        self.shapes: list[int] = []
+        """Context lengths of the sequences generated in this step (reset per step), and the most
+        tokens one generate call made."""
+        self.new_tokens = 0
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to phase `name`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds.add(name, time.perf_counter() - started)
+
+    def fit(self, kind: str, width: int, wanted: int, backward: bool = False) -> int:
+        """Rows for the next `kind` batch of `width` tokens (recorded)."""
+        rows = rows_that_fit(self.model, width, wanted, self.cap, backward)
+        self.rows[kind] = max(self.rows.get(kind, 0), rows)
+        return rows
 
     # -- forward helpers -------------------------------------------------------------------
     def _batch(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,49 +295,118 @@ class Engine:
                 low = mid + 1
         return ids[:low]
 
-    @torch.no_grad()
     def generate(self, contexts: list[list[int]]) -> list[list[int]]:
-        """Greedy reasoning for every context, batched with left padding."""
-        out: list[list[int]] = []
-        for start in range(0, len(contexts), self.config.batch_size):
-            chunk = contexts[start : start + self.config.batch_size]
-            width = max(len(c) for c in chunk)
+        """Greedy reasoning for every context (see `generate_and_read`)."""
+        return self.generate_and_read(contexts, None)[0]
+
+    @torch.no_grad()
+    def generate_and_read(self, contexts: list[list[int]], tails: list[list[int]] | None) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """Greedy reasoning for every context: longest first, in as few left-padded batches as
+        memory allows, returned in the given order. With `tails`: per row also the hidden states
+        over [the reasoning's last token (or the context's)] + tail, read off the generation's own
+        KV cache (hidden j predicts tail token j)."""
+        order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+        out: list[list[int]] = [[] for _ in contexts]
+        read: list[tuple[int, torch.Tensor]] = []
+        start = 0
+        while start < len(order):
+            width = len(contexts[order[start]])
+            room = width + self.max_new + (1 + max(len(tails[i]) for i in order[start:]) if tails is not None else 0)
+            chunk = order[start : start + self.fit("generate", room, len(order) - start)]
+            start += len(chunk)
             ids = torch.full((len(chunk), width), self.pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ctx in enumerate(chunk):
-                ids[row, width - len(ctx) :] = torch.tensor(ctx)
-                mask[row, width - len(ctx) :] = 1
-            generated = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                max_new_tokens=self.max_new,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=self.pad,
-                stopping_criteria=stop_sequences_criteria(self.tok, self.until, width, len(chunk)),
-            )[:, width:].tolist()
+            for row, i in enumerate(chunk):
+                ids[row, width - len(contexts[i]) :] = torch.tensor(contexts[i])
+                mask[row, width - len(contexts[i]) :] = 1
+            with self.phase("generation"):
+                result = self.model.generate(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    max_new_tokens=self.max_new,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=self.pad,
+                    stopping_criteria=stop_sequences_criteria(self.tok, self.until, width, len(chunk)),
+                    cache=StaticCache(config=self.model.config, max_cache_len=room),  # grows by no copies
+                    return_dict_in_generate=True,
+                )
+                generated = result.sequences[:, width:].tolist()
+                for row, i in enumerate(chunk):
+                    out[i] = self._trim(generated[row])
+                    self.counters.add("tokens_generated", len(out[i]))
             self.counters.add("generate_calls")
             self.counters.add("generations", len(chunk))
-            for row in generated:
-                trimmed = self._trim(row)
-                self.counters.add("tokens_generated", len(trimmed))
-                out.append(trimmed)
-        return out
+            self.shapes += [len(contexts[i]) for i in chunk]
+            self.new_tokens = max(self.new_tokens, len(generated[0]))
+            if tails is not None:
+                with self.phase("forwards"):
+                    cached = len(generated[0]) - 1  # the last generated token was never fed
+                    hidden = self._read_tails(result.cache, mask, cached, [contexts[i] for i in chunk], [out[i] for i in chunk], [tails[i] for i in chunk])
+                read += [(i, h) for i, h in zip(chunk, hidden)]
+        return out, [h for _, h in sorted(read, key=lambda x: x[0])]
+
+    def _read_tails(
+        self, cache: Any, mask: torch.Tensor, cached: int, contexts: list[list[int]], reasonings: list[list[int]], tails: list[list[int]]
+    ) -> list[torch.Tensor]:
+        """Hidden states over each row's [last token before the tail] + tail, one forward on the
+        generation's cache: decoded tokens past the row's reasoning are masked out, the reasoning
+        the cache lacks (its last token) is fed, and so is the last cached one, masked in the
+        cache, where the cache holds the whole reasoning (its hidden state predicts the tail's first)."""
+        width = mask.shape[1]
+        kept = mask.new_ones((len(contexts), width + cached))
+        kept[:, :width] = mask
+        feeds, starts = [], []
+        for row, (ctx, reasoning) in enumerate(zip(contexts, reasonings)):
+            k = min(cached, len(reasoning))
+            kept[row, width + k - 1 :] = 0
+            feeds.append((ctx + reasoning)[len(ctx) + k - 1 :] + tails[row])
+            starts.append(len(ctx) + k - 1)
+        ids, new = self._batch(feeds)
+        positions = torch.tensor(starts, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
+        self.counters.add("forward_passes")
+        self.counters.add("tokens_processed", int(new.sum()))
+        hidden = self.model.base_model(
+            input_ids=ids, attention_mask=torch.cat([kept.to(self.device), new], dim=1), position_ids=positions, cache=cache
+        ).last_hidden_state
+        return [hidden[row, len(feed) - len(tail) - 1 : len(feed)] for row, (feed, tail) in enumerate(zip(feeds, tails))]
 
     # -- proposal ------------------------------------------------------------------------------
     @torch.no_grad()
     def next_token_log_probs(self, contexts: list[list[int]]) -> torch.Tensor:
         """Log-probabilities of the token after each context (one batched prefix-only forward)."""
-        rows = []
-        for start in range(0, len(contexts), self.config.batch_size):
-            chunk = contexts[start : start + self.config.batch_size]
-            ids, mask = self._batch(chunk)
-            hidden = self._hidden(mask, ids=ids)
-            last = torch.tensor([len(c) - 1 for c in chunk], device=self.device)
-            rows.append(torch.log_softmax(self._logits(hidden[torch.arange(len(chunk)), last]), dim=-1).cpu())
+        rows, start = [], 0
+        with self.phase("proposal"):
+            while start < len(contexts):
+                size = self.fit("forward", max(len(c) for c in contexts[start:]), len(contexts) - start)
+                chunk, start = contexts[start : start + size], start + size
+                ids, mask = self._batch(chunk)
+                hidden = self._hidden(mask, ids=ids)
+                last = torch.tensor([len(c) - 1 for c in chunk], device=self.device)
+                rows.append(torch.log_softmax(self._logits(hidden[torch.arange(len(chunk)), last]), dim=-1).cpu())
         return torch.cat(rows)
+
+    @torch.no_grad()
+    def prompt_nll(self, heads: list[list[int]], n: int) -> list[float]:
+        """Mean NLL of the last `n` tokens of each of `heads` (prefix + instruction ids; a token at
+        position 0 has no prediction and is left out); each distinct head is run once."""
+        unique = list(dict.fromkeys(tuple(h) for h in heads))
+        values: dict[tuple[int, ...], float] = {}
+        with self.phase("forwards"):
+            start = 0
+            while start < len(unique):
+                size = self.fit("forward", max(len(h) for h in unique[start:]), len(unique) - start)
+                chunk, start = unique[start : start + size], start + size
+                ids, mask = self._batch([list(h) for h in chunk])
+                hidden = self._hidden(mask, ids=ids)
+                for row, head in enumerate(chunk):
+                    at = torch.tensor([t for t in range(len(head) - n, len(head)) if t > 0], dtype=torch.long, device=self.device)
+                    if len(at):
+                        log_probs = torch.log_softmax(self._logits(hidden[row, at - 1]), dim=-1)
+                        values[head] = -float(log_probs.gather(1, ids[row, at][:, None]).mean())
+        return [values.get(tuple(h), 0.0) for h in heads]
 
     # -- the loss over one batch of full sequences -----------------------------------------------
     def _sequence_terms(
@@ -395,7 +524,7 @@ class Greater(Optimizer):
         """Per step: a reasoning refresh and 3 scored candidates (generations), proposal and
         gradient forwards, backwards; then the initial and the top-10 prompts on dev."""
         cfg: GreaterConfig = self.config
-        batches = -(-n_train // cfg.batch_size)
+        batches = -(-n_train // (cfg.batch_size or n_train))
         per_step = (1 + CANDIDATES_SCORED) * n_train + n_train + 2 * batches + CANDIDATES_SCORED * batches
         evals = 1 + TOP_KEPT
         return {"harness_evaluations": evals, "model_calls": cfg.steps * per_step + evals * n_dev, "optimizer_calls": 0}
@@ -562,7 +691,8 @@ class Greater(Optimizer):
         stop_reason = "steps"
         steps = tqdm(range(state["step"], cfg.steps), desc=f"greater {problem.task_name}", unit="step", leave=False)
         for step in steps:
-            step_start, before = time.perf_counter(), dict(self.engine.counters)
+            step_start, before, seconds_before = time.perf_counter(), dict(self.engine.counters), dict(self.engine.seconds)
+            self.engine.rows, self.engine.shapes, self.engine.new_tokens = {}, [], 0
             if reasoning_for != prompt:
                 reasoning = self.reasoning(prompt)
                 reasoning_for = list(prompt)
@@ -603,6 +733,9 @@ class Greater(Optimizer):
                 "prompt_nll": scored.nll,
                 "seconds": round(time.perf_counter() - step_start, 3),
                 "counters": {k: v - before.get(k, 0) for k, v in self.engine.counters.items()},
+                "phase_seconds": {k: round(v - seconds_before.get(k, 0), 3) for k, v in self.engine.seconds.items()},
+                "batch_rows": dict(self.engine.rows),
+                "regeneration_shapes": {"context_lengths": sorted(self.engine.shapes), "new_tokens": self.engine.new_tokens},
             }
             history.append(entry)
             problem.record({"kind": "greater_step", **entry})
@@ -695,9 +828,12 @@ class Greater(Optimizer):
             nlls.append(nll[rows[0]])
         return losses, errors, nlls
 
-    def _example_batches(self) -> list[list[int]]:
+    def _example_batches(self, seqs: list[list[int]], backward: bool) -> list[list[int]]:
+        """Examples per forward (all choices of one example together), as many as memory allows."""
         per = len(self.examples[0].choices) if self.multiple_choice else 1
-        size = max(1, self.config.batch_size // per)
+        width = max(len(q) for q in seqs)
+        rows = self.engine.fit("backward" if backward else "forward", width, len(seqs), backward)
+        size = max(1, rows // per)
         return [list(range(s, min(s + size, len(self.examples)))) for s in range(0, len(self.examples), size)]
 
     def gradient(self, prompt: list[int], pos: int, candidates: list[int], reasoning: list[list[int]]) -> torch.Tensor:
@@ -710,18 +846,20 @@ class Greater(Optimizer):
         one_hot.requires_grad_(True)
         rows_c = weight[candidates].detach().float()
         seqs, answers, prompts, owner = self._rows(prompt, reasoning)
-        for batch in self._example_batches():
+        for batch in self._example_batches(seqs, backward=True):
             rows = [r for r, o in enumerate(owner) if o in batch]
-            ids, mask = engine._batch([seqs[r] for r in rows])
-            embeds = weight[ids].detach().clone()
-            slot = (one_hot @ rows_c).to(weight.dtype)
-            for j, r in enumerate(rows):
-                embeds[j, len(self.examples[owner[r]].prefix) + len(self.fixed) + pos] = slot
-            hidden = engine._hidden(mask, embeds=embeds)
-            sub = [seqs[r] for r in rows], [answers[r] for r in rows], [prompts[r] for r in rows], [owner[r] for r in rows]
-            losses, _, nlls = self._losses(hidden, *sub, batch)
-            total = sum(loss + GRADIENT_FLUENCY * n for loss, n in zip(losses, nlls))
-            total.backward()
+            with engine.phase("forwards"):
+                ids, mask = engine._batch([seqs[r] for r in rows])
+                embeds = weight[ids].detach().clone()
+                slot = (one_hot @ rows_c).to(weight.dtype)
+                for j, r in enumerate(rows):
+                    embeds[j, len(self.examples[owner[r]].prefix) + len(self.fixed) + pos] = slot
+                hidden = engine._hidden(mask, embeds=embeds)
+                sub = [seqs[r] for r in rows], [answers[r] for r in rows], [prompts[r] for r in rows], [owner[r] for r in rows]
+                losses, _, nlls = self._losses(hidden, *sub, batch)
+                total = sum(loss + GRADIENT_FLUENCY * n for loss, n in zip(losses, nlls))
+            with engine.phase("backwards"):
+                total.backward()
             engine.counters.add("backward_passes")
         grad = one_hot.grad.detach().float()
         return grad / grad.norm().clamp_min(1e-12)
@@ -732,16 +870,28 @@ class Greater(Optimizer):
         if not prompts:
             return []
         if self.multiple_choice:
-            reasonings = [[[] for _ in self.examples] for _ in prompts]
-        else:
-            flat = self.engine.generate([c for p in prompts for c in self.contexts(p)])
-            n = len(self.examples)
-            reasonings = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+            return [self._score_choices(prompt) for prompt in prompts]
+        n, engine = len(self.examples), self.engine
+        tails = [ex.extractor + ex.answer for _ in prompts for ex in self.examples]
+        flat, hidden = engine.generate_and_read([c for p in prompts for c in self.contexts(p)], tails)
         results = []
-        for prompt, reasoning in zip(prompts, reasonings):
-            seqs, answers, spans, owner = self._rows(prompt, reasoning)
-            errors, nlls = [], []
-            for batch in self._example_batches():
+        for k, prompt in enumerate(prompts):
+            errors = []
+            with engine.phase("forwards"):
+                for i, ex in enumerate(self.examples):
+                    logits = engine._logits(hidden[k * n + i][len(ex.extractor) : len(ex.extractor) + len(ex.answer)])
+                    errors.append(float(logits.argmax(-1).tolist() != ex.answer))
+            nlls = engine.prompt_nll([ex.prefix + self.fixed + prompt for ex in self.examples], len(prompt))
+            error, nll = sum(errors) / n, sum(nlls) / n
+            results.append(Scored(error + SELECTION_FLUENCY * nll, error, nll, flat[k * n : (k + 1) * n]))
+        return results
+
+    def _score_choices(self, prompt: list[int]) -> Scored:
+        """Multiple choice: error and prompt NLL from full forwards over every choice."""
+        seqs, answers, spans, owner = self._rows(prompt, [[] for _ in self.examples])
+        errors, nlls = [], []
+        with self.engine.phase("forwards"):
+            for batch in self._example_batches(seqs, backward=False):
                 rows = [r for r, o in enumerate(owner) if o in batch]
                 ids, mask = self.engine._batch([seqs[r] for r in rows])
                 hidden = self.engine._hidden(mask, ids=ids)
@@ -749,9 +899,8 @@ class Greater(Optimizer):
                 _, batch_errors, batch_nlls = self._losses(hidden, *sub, batch)
                 errors += batch_errors
                 nlls += [float(n) for n in batch_nlls]
-            error, nll = sum(errors) / len(errors), sum(nlls) / len(nlls)
-            results.append(Scored(error + SELECTION_FLUENCY * nll, error, nll, reasoning))
-        return results
+        error, nll = sum(errors) / len(errors), sum(nlls) / len(nlls)
+        return Scored(error + SELECTION_FLUENCY * nll, error, nll, [[] for _ in self.examples])
 
 
 def _peak_memory_mb(device: Any) -> float:

@@ -21,8 +21,10 @@ the op it applied, then the digit: ``We take the largest item. The answer is 8.`
 So on the task ``planted_largest`` a prompt optimizer that finds an instruction with "largest" /
 "biggest" / ... lifts held-out accuracy from about 35 % to about 100 %. The model is trained on
 exactly the prompts lm-eval renders for the tasks in ``task_configs/planted`` through the plugin,
-with and without the tokenizer's chat template. ``python -m lm_eval_promptopt.planted
-{train,check,data}`` trains a model, prints the requirement table, or rewrites the task data.
+with and without the tokenizer's chat template. ``python -m benchmarks.planted
+{train,check,data}`` (from the repository root) trains a model, prints the requirement table, or
+rewrites the task data. The tasks' language and docs live beside the task YAMLs
+(task_configs/planted/utils.py), which an installed package has without this folder.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import inspect
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,15 +48,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .run.store import cache_root
-from .testbed import CHAT_TEMPLATE
+from benchmarks.tiny_llama import CHAT_TEMPLATE
+from lm_eval_promptopt.run.store import cache_root
 
-_INSTALLED = Path(__file__).resolve().parent / "task_configs"  # as cli.task_configs_dir()
-TASK_DIR = (_INSTALLED if _INSTALLED.is_dir() else Path(__file__).resolve().parent.parent / "task_configs") / "planted"
+REPO = Path(__file__).resolve().parents[2]
+TASK_DIR = REPO / "task_configs" / "planted"
 DATA_DIR = TASK_DIR / "data"
-VERSION = "planted-v1"
 
-OPS: tuple[str, ...] = ("first", "last", "largest", "smallest")
+
+def _import_task_utils() -> None:
+    """Import task_configs/planted/utils.py by its path, as lm-eval does, as `planted_task_utils`."""
+    spec = importlib.util.spec_from_file_location("planted_task_utils", TASK_DIR / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+
+_import_task_utils()
+# The tasks' language and docs: the training data, the checker and the tests use the same.
+from planted_task_utils import (  # noqa: E402
+    HIDDEN_OPS, LENGTHS, OPS, SPLIT_SIZES, SPLITS, VERSION, _draw_digits, apply_op, doc_to_text, hidden_op, make_docs, target_text,
+)  # fmt: skip
+
 KEYWORDS: dict[str, tuple[str, ...]] = {
     "first": ("first", "initial", "leading", "opening"),
     "last": ("last", "final", "trailing", "closing"),
@@ -65,18 +82,8 @@ FILLER: tuple[str, ...] = (
     "correct", "exact", "simply", "just", "quickly", "kindly", "you", "should", "then", "write",
     "state", "here", "this", "and", "a", "be", "sure", "to", "your", "for", "me", "well",
 )  # fmt: skip
-#: Op of a keyword-free instruction, by (first digit odd, last digit odd).
-HIDDEN_OPS: dict[tuple[bool, bool], str] = {
-    (False, False): "first",
-    (False, True): "last",
-    (True, False): "largest",
-    (True, True): "smallest",
-}
 #: Keyword-free instructions the checker and the tests use (the empty one included).
 NEUTRAL_INSTRUCTIONS: tuple[str, ...] = ("", "Please answer the question.", "Think carefully now and give the number.")
-SPLITS: dict[str, range] = {"train": range(2), "validation": range(2, 4), "test": range(4, 10)}
-SPLIT_SIZES: dict[str, int] = {"train": 60, "validation": 120, "test": 200}
-LENGTHS = (5, 6, 7)
 
 EOS = "<|end|>"
 SPECIAL_TOKENS = ["<s>", "<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", EOS]
@@ -108,17 +115,6 @@ TRAIN_CONFIG: dict[str, float] = {
 # --------------------------------------------------------------------------- language and data
 
 
-def apply_op(op: str, digits: Sequence[int]) -> int:
-    """The digit that `op` picks from `digits`."""
-    funcs = {"first": lambda d: d[0], "last": lambda d: d[-1], "largest": max, "smallest": min}
-    return funcs[op](list(digits))
-
-
-def hidden_op(digits: Sequence[int]) -> str:
-    """The op a keyword-free instruction applies: set by the parities of the first and last digit."""
-    return HIDDEN_OPS[(digits[0] % 2 == 1, digits[-1] % 2 == 1)]
-
-
 def instruction_op(instruction: str) -> str | None:
     """The op whose keyword `instruction` holds (None: no keyword; the first keyword wins)."""
     for word in instruction.lower().replace(".", " ").replace(",", " ").split():
@@ -126,67 +122,6 @@ def instruction_op(instruction: str) -> str | None:
             if word in words:
                 return op
     return None
-
-
-def target_text(op: str, digits: Sequence[int], named: str | None = None) -> str:
-    """The reasoning answer: names the op (`named`, default `op`), then the digit `op` picks."""
-    return f"We take the {named or op} item. The answer is {apply_op(op, digits)}."
-
-
-def doc_to_text(doc: dict[str, Any]) -> str:
-    """Same as the task YAMLs' ``doc_to_text``."""
-    return f"Input: {doc['input']}\nOutput:"
-
-
-def split_of(digits: Sequence[int]) -> str:
-    """The split an input belongs to (a hash bucket): splits never share an input."""
-    bucket = int(hashlib.sha256(" ".join(map(str, digits)).encode()).hexdigest(), 16) % 10
-    return next(name for name, buckets in SPLITS.items() if bucket in buckets)
-
-
-def _draw_digits(rng: random.Random, split: str, p_narrow: float = 0.0) -> list[int]:
-    """Distinct digits of `split`; with probability `p_narrow` from a random narrower range of values
-    (training oversamples lists whose largest digit is small or whose smallest is large)."""
-    while True:
-        length = rng.choice(LENGTHS)
-        if p_narrow and rng.random() < p_narrow:
-            width = rng.randint(length, 9)
-            low = rng.randint(0, 10 - width)
-            digits = rng.sample(range(low, low + width), length)
-        else:
-            digits = rng.sample(range(10), length)
-        if split_of(digits) == split:
-            return digits
-
-
-def make_docs(op: str, split: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` distinct docs of task ``planted_{op}`` for `split`; deterministic in all arguments.
-
-    A doc: ``input`` ("3 8 1 5 2"), ``target`` (the reasoning answer), ``answer`` (the digit, as a
-    string: what ``exact_match`` compares), ``op`` and ``hidden_op``. The hidden ops are balanced
-    (a quarter each, shuffled), so a keyword-free instruction scores near chance on every op.
-    """
-    if op not in OPS or split not in SPLITS:
-        raise ValueError(f"unknown op {op!r} or split {split!r}")
-    rng = random.Random(f"{VERSION}/{op}/{split}/{seed}")
-    docs: list[dict[str, Any]] = []
-    seen: set[tuple[int, ...]] = set()
-    while len(docs) < n:
-        digits = _draw_digits(rng, split)
-        if tuple(digits) in seen or hidden_op(digits) != OPS[len(docs) % len(OPS)]:
-            continue
-        seen.add(tuple(digits))
-        docs.append(
-            {
-                "input": " ".join(map(str, digits)),
-                "target": target_text(op, digits),
-                "answer": str(apply_op(op, digits)),
-                "op": op,
-                "hidden_op": hidden_op(digits),
-            }
-        )
-    rng.shuffle(docs)
-    return docs
 
 
 def write_task_data(dest_dir: str | Path = DATA_DIR, sizes: dict[str, int] | None = None, seed: int = 0) -> Path:
@@ -580,8 +515,8 @@ def check(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m lm_eval_promptopt.planted {train OUT,check [MODEL_DIR],data [DEST]}``."""
-    parser = argparse.ArgumentParser(prog="python -m lm_eval_promptopt.planted", description=__doc__)
+    """CLI: ``python -m benchmarks.planted {train OUT,check [MODEL_DIR],data [DEST]}``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.planted", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train the planted model into OUT (or the cache if omitted)")
     train.add_argument("out_dir", nargs="?")
@@ -606,7 +541,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if result.passed else 1
     print(write_task_data(args.dest))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

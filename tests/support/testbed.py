@@ -3,7 +3,8 @@
 Nothing here needs network access. ``build_tiny_model`` writes a Hugging Face model directory
 that lm-eval's ``hf`` model type loads on CPU in about a second; ``write_local_task_overrides``
 writes task YAMLs that, passed as ``--include_path``, make lm-eval's own BBH, MMLU and GSM8k
-task definitions read local JSONL files instead of the hub.
+task definitions read local JSONL files instead of the hub. The tests, scripts/bench_greater.py and
+the other scripts that need a tiny model import it from here (a checkout, not the installed package).
 """
 
 from __future__ import annotations
@@ -13,36 +14,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 import yaml
 from lm_eval.tasks import TaskManager
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from benchmarks.tiny_llama import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, init_llama
 
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-
-# ChatML-like: every message is "<|role|>\n{content}<|end|>\n".
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('Unknown role: ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
-
-# Same markers, but rejects system messages the way Gemma-2's template does.
-CHAT_TEMPLATE_NO_SYSTEM = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-    "{% if message['role'] not in ['user', 'assistant'] %}"
-    "{{ raise_exception('Unknown role: ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
 
 BUILTIN_CORPUS = """\
 Q: Evaluate the result of a random Boolean expression. not ( True ) and ( True ) is
@@ -95,24 +74,43 @@ def _corpus(data_dir: Path | None) -> Iterator[str]:
                 yield "\n".join(str(v) for v in json.loads(line).values())
 
 
-TOKENIZERS = ("bpe", "wordlevel", "metaspace")
+TOKENIZERS = ("bpe", "wordlevel", "metaspace", "llama3")
+
+LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+# Llama-3's layout: "<|begin_of_text|>", then per message a role header, a blank line and the text.
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
 
 
 def _train_tokenizer(kind: str, corpus: list[str]) -> Tokenizer:
-    """A tokenizer of one of three pipelines users bring (trained on `corpus`).
+    """A tokenizer of one of four pipelines users bring (trained on `corpus`).
 
-    `bpe`: byte-level BPE (GPT-2 / Llama-3 style); `wordlevel`: a lowercasing, whitespace-split
-    word vocabulary with `<unk>` (lossy); `metaspace`: SentencePiece-style BPE on `▁`-marked
-    words with byte fallback (Llama-2 / Mistral style).
+    `bpe`: byte-level BPE (GPT-2 style); `llama3`: byte-level BPE of up to 3.6k tokens with
+    Llama-3's five special tokens, adding `<|begin_of_text|>` in front of every encoding;
+    `wordlevel`: a lowercasing, whitespace-split word vocabulary with `<unk>` (lossy);
+    `metaspace`: SentencePiece-style BPE on `▁`-marked words with byte fallback (Llama-2 /
+    Mistral style).
     """
-    if kind == "bpe":
+    if kind in ("bpe", "llama3"):
+        specials, size = (SPECIAL_TOKENS, 2048) if kind == "bpe" else (LLAMA3_SPECIAL_TOKENS, 3600)
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=2048, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+            vocab_size=size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
         )
         tokenizer.train_from_iterator(corpus, trainer=trainer)
+        if kind == "llama3":
+            bos = specials[0]
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+            )
         return tokenizer
     if kind == "wordlevel":
         tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -148,6 +146,10 @@ def build_tiny_model(
     system_role: bool = True,
     data_dir: str | Path | None = None,
     tokenizer: str = "bpe",
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    layers: int = 2,
+    heads: int = 4,
 ) -> Path:
     """Build and save a tiny random ``LlamaForCausalLM`` with a chat tokenizer.
 
@@ -156,38 +158,36 @@ def build_tiny_model(
     under ``data_dir`` (about 2.8 rather than 1.7 characters per token). The context is 8192
     tokens so that BBH CoT few-shot prompts (up to ~7k characters) are not truncated. With
     ``system_role=False`` the chat template raises on system messages, like Gemma-2's.
-    Deterministic for fixed inputs; takes about a second after imports.
+    `tokenizer="llama3"` gives Llama-3's special tokens and chat template (BOS on every encoding,
+    eos ``<|eot_id|>``, pad ``<|end_of_text|>``, an untied output head; `system_role` does not
+    apply). The shape arguments size the model (256 / 512 / 4 / 4 with llama3: 4.46 M
+    parameters). Deterministic for fixed inputs; takes about a second after imports.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trained = _train_tokenizer(tokenizer, list(_corpus(Path(data_dir) if data_dir else None)))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=trained,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=SPECIAL_TOKENS[4:],
-        model_max_length=8192,
-        chat_template=CHAT_TEMPLATE if system_role else CHAT_TEMPLATE_NO_SYSTEM,
-    )
+    llama3 = tokenizer == "llama3"
+    if llama3:
+        names = dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>", additional_special_tokens=LLAMA3_SPECIAL_TOKENS[2:4])
+        template = LLAMA3_CHAT_TEMPLATE
+    else:
+        names = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", additional_special_tokens=SPECIAL_TOKENS[4:])
+        template = CHAT_TEMPLATE if system_role else CHAT_TEMPLATE_NO_SYSTEM
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=trained, model_max_length=8192, chat_template=template, **names)
     tokenizer.save_pretrained(out)
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+    model = init_llama(
+        tokenizer,
+        seed,
+        tie_word_embeddings=not llama3,  # Llama-3 has its own output head
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=8192,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
     )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out)
+    model.save_pretrained(out)
     return out
 
 
@@ -252,8 +252,8 @@ def write_local_task_overrides(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m lm_eval_promptopt.testbed {model,tasks} OUT_DIR [--data DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m lm_eval_promptopt.testbed", description=__doc__)
+    """CLI, from the repository root: ``python -m tests.support.testbed {model,tasks} OUT_DIR [--data DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m tests.support.testbed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     model = sub.add_parser("model", help="build the tiny random chat model")
     model.add_argument("out_dir")
