@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the scripted server lives with the te
 
 from scripted_server import ScriptedServer, edit_toward  # noqa: E402
 
-from lm_eval_promptopt.optimizers.llm import OpenAIChat  # noqa: E402
+from lm_eval_promptopt.optimizers.gpo.llm import OpenAIChat  # noqa: E402
 from lm_eval_promptopt.optimizers.base import Problem  # noqa: E402
 from lm_eval_promptopt.optimizers.gpo import GPO, GPOConfig  # noqa: E402
 

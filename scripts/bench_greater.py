@@ -38,24 +38,20 @@ def floor_seconds(model_dir: Path, shapes: dict, threads: int, seed: int) -> flo
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lm_eval_promptopt.optimizers.greater import rows_that_fit
+    from lm_eval_promptopt.optimizers.greater.batching import memory_budget, padded, rows_that_fit
 
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     gen = torch.Generator().manual_seed(seed)
     lengths, new = sorted(shapes["context_lengths"], reverse=True), shapes["new_tokens"]
+    budget = memory_budget(model)
     pad = model.config.pad_token_id or 0
     started = time.perf_counter()
     start = 0
     while start < len(lengths):
-        rows = rows_that_fit(model, lengths[start] + new, len(lengths) - start, None)
+        rows = rows_that_fit(model, budget, lengths[start] + new, len(lengths) - start, None)
         chunk = lengths[start : start + rows]
-        width = chunk[0]
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, n in enumerate(chunk):
-            ids[row, width - n :] = torch.randint(10, model.config.vocab_size - 10, (n,), generator=gen)
-            mask[row, width - n :] = 1
+        ids, mask = padded([torch.randint(10, model.config.vocab_size - 10, (n,), generator=gen).tolist() for n in chunk], pad, left=True)
         with torch.no_grad():
             model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=pad)
         start += rows

@@ -1,7 +1,7 @@
 """Why GReaTer does not find the planted keyword: its gradient ranking vs the true loss change.
 
 For a neutral instruction on a planted task, at every instruction position, rank all allowed
-tokens by GReaTer's gradient (as `Greater.gradient` computes it, over the model's own reasoning),
+tokens by GReaTer's gradient (as `Scorer.gradient` computes it, over the model's own reasoning),
 and compare with the true answer loss after substituting a few tokens (the op's keywords, another
 op's keyword, the gradient's favourite). Prints one block per position.
 
@@ -20,7 +20,7 @@ from lm_eval.tasks import TaskManager
 
 from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_metric
 from lm_eval_promptopt.optimizers.base import Problem
-from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig
+from lm_eval_promptopt.optimizers.greater import GreaterConfig, Search
 from lm_eval_promptopt.options import RunOptions
 from lm_eval_promptopt.harness.prompting import Placement
 from lm_eval_promptopt.harness.splits import plan_splits
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is i
 from benchmarks import planted  # noqa: E402
 
 
-def build(op: str, instruction: str, train: int, model: str | None) -> tuple[Greater, list[int]]:
+def build(op: str, instruction: str, train: int, model: str | None) -> Search:
     name = f"planted_{op}"
     lm = HFLM(pretrained=model or str(planted.planted_model()), device="cpu", batch_size=16)
     task = TaskManager(include_path=str(planted.TASK_DIR)).load([name])["tasks"][name]
@@ -40,19 +40,19 @@ def build(op: str, instruction: str, train: int, model: str | None) -> tuple[Gre
         metric=primary_metric(name, task, {}), fewshot_seed=1234, record=lambda e: None,
         eval_kwargs={"apply_chat_template": False, "fewshot_as_multiturn": False, "confirm_run_unsafe_code": False},
     )  # fmt: skip
-    greater = Greater(GreaterConfig(proposal="rendered", extractor="task"))  # the planted language's own phrase
-    prompt = greater.prepare(Problem(name, lm, plan, objective, instruction, 0))
+    config = GreaterConfig(proposal="rendered", extractor="task")  # the planted language's own phrase
+    search = Search(config, Problem(name, lm, plan, objective, instruction, 0))
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    return greater, prompt
+    return search
 
 
 @torch.no_grad()
-def true_loss(g: Greater, prompt: list[int], reasoning: list[list[int]]) -> tuple[float, float]:
+def true_loss(g: Search, prompt: list[int], reasoning: list[list[int]]) -> tuple[float, float]:
     """Summed answer loss (CE of logits/0.2) and error rate, teacher-forced over `reasoning`."""
-    seqs, answers, spans, owner = g._rows(prompt, reasoning)
-    ids, mask = g.engine._batch(seqs)
-    losses, errors, _ = g._losses(g.engine._hidden(mask, ids=ids), seqs, answers, spans, owner, list(range(len(g.examples))))
+    seqs, answers, spans, owner = g.scorer.rows(prompt, reasoning)
+    ids, mask = g.engine.batch(seqs)
+    losses, errors, _ = g.scorer.losses(g.engine.hidden(mask, ids=ids), seqs, answers, spans, owner, list(range(len(g.examples))))
     return float(sum(losses)), sum(errors) / len(errors)
 
 
@@ -64,9 +64,10 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="planted model dir (default: the cached one)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    g, prompt = build(args.op, args.instruction, args.train, args.model)
-    tok, reasoning = g.tok, g.reasoning(prompt)
-    allowed = torch.nonzero(g.allowed).flatten().tolist()
+    g = build(args.op, args.instruction, args.train, args.model)
+    prompt = g.initial
+    tok, reasoning = g.tok, g.scorer.reasoning(prompt)
+    allowed = torch.nonzero(g.scorer.allowed).flatten().tolist()
     keyword_op = {w: op for op, words in planted.KEYWORDS.items() for w in words}
     base = true_loss(g, prompt, reasoning)
     print(f"instruction {g.text(prompt)!r}, {len(g.examples)} train docs; reasoning e.g. {tok.decode(reasoning[0])!r}")
@@ -74,7 +75,7 @@ def main() -> None:
     other = next(op for op in planted.OPS if op != args.op)
     for pos in range(len(prompt)):
         candidates = sorted(set(allowed) | {prompt[pos]})
-        order = [candidates[i] for i in torch.argsort(g.gradient(prompt, pos, candidates, reasoning)).tolist()]
+        order = [candidates[i] for i in torch.argsort(g.scorer.gradient(prompt, pos, candidates, reasoning)).tolist()]
         words = [tok.decode([t]).strip().lower() for t in order]
         ranks: dict[str, int] = {}
         for i, w in enumerate(words):  # the best-ranked token for each keyword (" largest" or "largest")

@@ -112,9 +112,9 @@ class Gate(Optimizer):
     and waits for $GATE_DIR/open: a live search to interrupt or to start a second command against."""
 
     def optimize(self, problem: Problem) -> OptimizationResult:
-        if problem.control.resumed is None:
+        if problem.log.resumed is None:
             problem.record({"kind": "gate_step"})
-            problem.control.step_done(problem.score(problem.initial_instruction), {"step": 1})
+            problem.log.step_done(problem.score(problem.initial_instruction), {"step": 1})
         gate = os.environ.get("GATE_DIR")
         if gate:
             Path(gate, "waiting").write_text(str(os.getpid()))

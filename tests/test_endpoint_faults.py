@@ -13,8 +13,8 @@ from conftest import load_results, needs_shared_data
 from scripted_server import ScriptedServer, down_url, edit_toward
 from test_gpo import Background, toy_problem
 
-from lm_eval_promptopt.optimizers.llm import OptimizerLLMError
 from lm_eval_promptopt.optimizers.gpo import GPO, GPOConfig
+from lm_eval_promptopt.optimizers.gpo.llm import OptimizerLLMError
 
 pytestmark = needs_shared_data
 TASK = "bbh_cot_zeroshot_boolean_expressions"
@@ -110,13 +110,13 @@ def test_a_down_endpoint_says_it_is_retrying(runs):
     assert "failed after 2 attempt(s): APIConnectionError" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_choices_empty_is_a_fault_and_a_key_goes_only_where_it_is_named(monkeypatch):
+def test_choices_empty_is_a_fault_and_a_key_goes_only_where_it_is_named(monkeypatch, tmp_path):
     """`choices: []` at every step: retried, then an error. A key named by api_key_env is sent;
     $OPENAI_API_KEY is not (in process: the real client on loopback HTTP)."""
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
     monkeypatch.setenv("MY_OPTIMIZER_KEY", "sk-mine")
     with ScriptedServer(fail_always="no_choices") as server:
-        problem, _, records = toy_problem()
+        problem, _, records = toy_problem(tmp_path)
         config = GPOConfig(optimizer_model="m", optimizer_base_url=server.url, api_key_env="MY_OPTIMIZER_KEY", retrieval="recency", max_retries=1)
         with pytest.raises(OptimizerLLMError, match=r"gave no usable proposal: .* \(after 1 retries\)\. Stopped at step 1 of 3"):
             GPO(config).optimize(problem)

@@ -7,6 +7,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,21 +16,22 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import OFFLINE, lm_eval_command, load_results, needs_shared_data
+from conftest import OFFLINE, lm_eval_command, load_results, needs_shared_data, run_lm_eval
 from scripted_server import ScriptedServer, current_and_budget, edit_toward
 
 from lm_eval_promptopt.errors import PromptOptError
-from lm_eval_promptopt.optimizers.llm import OpenAIChat, OptimizerLLMError, SelfLM
 from lm_eval_promptopt.optimizers.base import Problem
 from lm_eval_promptopt.optimizers.gpo import (
     GPO,
     Embedder,
     Entry,
     GPOConfig,
+    choose,
     meta_prompt,
     parse_candidate,
     retrieve,
@@ -37,7 +39,10 @@ from lm_eval_promptopt.optimizers.gpo import (
     word_budget,
     word_edits,
 )
+from lm_eval_promptopt.optimizers.gpo.llm import OpenAIChat, OptimizerLLMError, SelfLM
 from lm_eval_promptopt.options import parse_optimize_args
+from lm_eval_promptopt.run.log import RunLog, Trajectory
+from lm_eval_promptopt.run.stop import AnyOf, TimeLimit
 
 BBH, MMLU = "bbh_cot_zeroshot_boolean_expressions", "mmlu_anatomy"
 BOTH_TARGETS = "Focus on boolean_expressions. Focus on anatomy."
@@ -191,9 +196,10 @@ def test_embedding_model_that_cannot_load_is_a_clear_error(monkeypatch, tmp_path
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as if not installed
     with pytest.raises(PromptOptError, match=r"pip install 'lm_eval_promptopt\[gpo\]'.*retrieval=recency"):
         Embedder("any/model")
-    with pytest.raises(ValueError, match="sentence-transformers, which is not installed"):
-        GPOConfig()
-    assert GPOConfig(retrieval="recency").retrieval == "recency"
+    config = GPOConfig()  # a config reads nothing from the environment: preflight checks it
+    with pytest.raises(PromptOptError, match=r"^--optimize_args \(gpo\): retrieval=relevance embeds instructions with sentence-transformers, which is not installed"):
+        GPO(config).preflight()
+    GPO(GPOConfig(retrieval="recency")).preflight()  # needs no embeddings
 
 
 # -- config -----------------------------------------------------------------------------------------
@@ -218,11 +224,43 @@ def test_config_defaults_follow_gpo_sh_and_bad_values_are_refused(monkeypatch):
         ("retrieval=none,schedule=step", "schedule must be one of cosine, linear, fixed, none"),
         ("retrieval=none,budget_start=5", "budget_start (5) must be at least budget_end (10)"),
         ("retrieval=none,optimizer_base_url=http://x", "optimizer_base_url needs optimizer_model="),
-        ("retrieval=none,optimizer_model=gpt-4o", "needs an API key in $OPENAI_API_KEY"),
         ("retrieval=none,samples=0", "samples must be at least 1"),
     ]:
         with pytest.raises(PromptOptError, match=needle.replace("$", r"\$").replace("(", r"\(").replace(")", r"\)")):
             parse_optimize_args(args, "gpo", GPOConfig)
+
+
+def test_api_keys_are_checked_by_preflight_not_by_the_config(monkeypatch):
+    """The config reads no environment variable; preflight (before the model loads) names the
+    missing key, with the settings' own wording."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("NO_SUCH_KEY_VARIABLE", raising=False)
+    _, hosted = parse_optimize_args("retrieval=none,optimizer_model=gpt-4o", "gpo", GPOConfig)
+    _, named = parse_optimize_args("retrieval=none,optimizer_model=m,optimizer_base_url=http://x,api_key_env=NO_SUCH_KEY_VARIABLE", "gpo", GPOConfig)
+    with pytest.raises(PromptOptError, match=r"^--optimize_args \(gpo\): optimizer_model=gpt-4o on the OpenAI API needs an API key in \$OPENAI_API_KEY \(set it"):
+        GPO(hosted).preflight()
+    with pytest.raises(PromptOptError, match=r"^--optimize_args \(gpo\): api_key_env=NO_SUCH_KEY_VARIABLE names an environment variable that is not set$"):
+        GPO(named).preflight()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-set")
+    monkeypatch.setenv("NO_SUCH_KEY_VARIABLE", "sk-set")
+    GPO(hosted).preflight(), GPO(named).preflight()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # another host: no key needed
+    GPO(hosted).preflight()
+
+
+def test_a_missing_api_key_fails_before_the_model_loads(tmp_path):
+    proc = run_lm_eval(
+        ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'never_loaded'}", "--tasks", "mmlu_anatomy",
+         "--optimize", "gpo", "--optimize_args", "retrieval=none,optimizer_model=gpt-4o"],
+        check=False, OPENAI_API_KEY="", OPENAI_BASE_URL="",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "lm_eval: error: --optimize_args (gpo): optimizer_model=gpt-4o on the OpenAI API needs an API key in $OPENAI_API_KEY "
+        "(set it, or name another variable with api_key_env=NAME)"
+    )
 
 
 # -- the optimizer-LLM clients ---------------------------------------------------------------------
@@ -340,15 +378,6 @@ def test_self_lm_caps_generation_to_half_the_model_context():
 # -- the loop, in process -----------------------------------------------------------------------------
 
 
-class Records:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.entries: list[dict] = []
-
-    def append(self, entry: dict) -> None:
-        self.entries.append(entry)
-
-
 class ToyTask:
     def doc_to_text(self, doc):
         return f"Q: {doc['q']}\nA:"
@@ -363,9 +392,9 @@ class ToyTask:
 class ToyObjective:
     """Dev score 1.0 when the instruction says "focus on the task", else 0.1 per word it shares."""
 
-    def __init__(self, records: Records) -> None:
+    def __init__(self, record: Callable[[dict], None]) -> None:
         self.splits = type("Splits", (), {"task": ToyTask()})()
-        self.record = records.append
+        self.record = record
         self.evaluated: list[str] = []
         self.memo: dict[str, float] = {}
 
@@ -381,16 +410,17 @@ class ToyObjective:
         return self.memo[instruction]
 
 
-def toy_problem(seed: int = 0) -> tuple[Problem, ToyObjective, Records]:
-    records = Records("/runs/toy.jsonl")
-    objective = ToyObjective(records)
-    problem = Problem("toy", None, None, objective, "Let's think step by step.", seed)
+def toy_problem(folder: Path, seed: int = 0, stop: AnyOf = AnyOf()) -> tuple[Problem, ToyObjective, Trajectory]:
+    """The toy task, its objective, and its trajectory file `folder/toy.jsonl` (the records)."""
+    log = RunLog(folder / "toy.jsonl", stop=stop)
+    objective = ToyObjective(log.record)
+    problem = Problem("toy", None, None, objective, "Let's think step by step.", seed, log)
     problem.score(problem.initial_instruction, "dev")  # as the pipeline does
-    return problem, objective, records
+    return problem, objective, log.trajectory
 
 
-def run_gpo(server: ScriptedServer, seed: int = 0, **kw):
-    problem, objective, records = toy_problem(seed)
+def run_gpo(server: ScriptedServer, folder: Path, seed: int = 0, **kw):
+    problem, objective, records = toy_problem(folder, seed)
     config = GPOConfig(optimizer_model="scripted", optimizer_base_url=server.url, **{"retrieval": "recency", **kw})
     return GPO(config).optimize(problem), objective, records
 
@@ -402,10 +432,10 @@ def from_pool(body, sample: int) -> str:
     return f"<START>{POOL[sample % len(POOL)]}<END>"
 
 
-def test_gpo_loop_one_winner_per_step_no_rescoring_forced_moves_best_dev_kept():
+def test_gpo_loop_one_winner_per_step_no_rescoring_forced_moves_best_dev_kept(tmp_path):
     with ScriptedServer(from_pool) as server:
-        result, objective, records = run_gpo(server)
-        again, _, records_again = run_gpo(server)
+        result, objective, records = run_gpo(server, tmp_path)
+        again, _, records_again = run_gpo(server, tmp_path / "again")
     steps = [e for e in records.entries if e.get("kind") == "gpo_step"]
     assert [s["step"] for s in steps] == [1, 2, 3] and [s["budget"] for s in steps] == [40, 20, 10]
     assert [current_and_budget(p)[1] for p in server.prompts()[:3]] == [40, 20, 10]
@@ -431,11 +461,11 @@ def test_gpo_loop_one_winner_per_step_no_rescoring_forced_moves_best_dev_kept():
 
 
 @pytest.mark.parametrize("order", ["descending", "ascending"])
-def test_each_step_shows_the_relevance_retrieval_in_the_configured_order(order, minilm):
+def test_each_step_shows_the_relevance_retrieval_in_the_configured_order(order, minilm, tmp_path):
     """Inside the loop: the entries a step shows are the current one and its most similar earlier
     ones (real embeddings), listed current first (descending, GPO.sh) or last (ascending)."""
     with ScriptedServer(from_pool) as server:
-        _, _, records = run_gpo(server, epochs=4, retrieval="relevance", embedding_model=minilm, order=order)
+        _, _, records = run_gpo(server, tmp_path, epochs=4, retrieval="relevance", embedding_model=minilm, order=order)
         prompts = server.prompts()
     embed = Embedder(minilm)
     steps = [e for e in records.entries if e.get("kind") == "gpo_step"]
@@ -454,32 +484,46 @@ def test_each_step_shows_the_relevance_retrieval_in_the_configured_order(order, 
     assert differs_from_recency  # on these steps the test tells relevance from recency
 
 
-def test_ascending_order_lists_the_current_entry_last():
+def test_ascending_order_lists_the_current_entry_last(tmp_path):
     with ScriptedServer(from_pool) as server:
-        _, _, records = run_gpo(server, epochs=2, order="ascending")
+        _, _, records = run_gpo(server, tmp_path, epochs=2, order="ascending")
     second = [e for e in records.entries if e.get("kind") == "gpo_step"][1]
     assert [e["step"] for e in second["shown"]] == [0, 1]
     prompt = server.prompts()[1]
     assert prompt.index("Prompt: Let's think step by step.") < prompt.index("Prompt: Focus on the task.")
 
 
+def test_the_token_budget_stops_before_the_runs_own_limits(tmp_path):
+    """max_optimizer_tokens is checked between steps, ahead of the run's stop conditions; the
+    optimizer's usage reaches the run log."""
+    with ScriptedServer(from_pool) as server:
+        config = GPOConfig(optimizer_model="scripted", optimizer_base_url=server.url, retrieval="recency")
+        for limit, expected in ((None, "time_limit"), (1, "max_optimizer_tokens")):
+            problem, _, _ = toy_problem(tmp_path / str(limit), stop=AnyOf((TimeLimit(0.0),)))
+            result = GPO(replace(config, max_optimizer_tokens=limit)).optimize(problem)
+            assert result.stop_reason == expected and len(result.details["trajectory"]) == 2
+            assert problem.log.progress().tokens == sum(result.details["optimizer"]["usage"][k] for k in ("prompt_tokens", "completion_tokens")) > 0
+        problem, _, _ = toy_problem(tmp_path / "large")
+        assert GPO(replace(config, max_optimizer_tokens=10**9)).optimize(problem).stop_reason == "completed"
+
+
 def test_choose_rule():
     scored = [{"instruction": "A", "dev_score": 0.2}, {"instruction": "B", "dev_score": 0.5}, {"instruction": "C", "dev_score": 0.5}]
-    assert GPO.choose(scored, {"X"})["instruction"] == "B"  # ties: the earlier sampled
-    assert GPO.choose(scored, {"B"})["instruction"] == "C"
-    assert GPO.choose(scored, {"A", "B", "C"})["instruction"] == "B"  # all chosen before: the best anyway
-    assert GPO.choose([], {"A"}) is None  # nothing parsed: keep the current one
+    assert choose(scored, {"X"})["instruction"] == "B"  # ties: the earlier sampled
+    assert choose(scored, {"B"})["instruction"] == "C"
+    assert choose(scored, {"A", "B", "C"})["instruction"] == "B"  # all chosen before: the best anyway
+    assert choose([], {"A"}) is None  # nothing parsed: keep the current one
 
 
-def test_unparsable_output_is_retried_then_an_error_and_failures_stop_with_the_log():
+def test_unparsable_output_is_retried_then_an_error_and_failures_stop_with_the_log(tmp_path):
     with ScriptedServer(lambda body, sample: "<START> <END>") as server:
         with pytest.raises(OptimizerLLMError, match=r"gave no usable proposal: .* \(after 1 retries\)\. Stopped at step 1 of 3"):
-            run_gpo(server, max_retries=1)
+            run_gpo(server, tmp_path / "unparsable", max_retries=1)
         assert len(server.requests) == 2  # retried once as a fault, not asked again per sample
     with ScriptedServer(edit_toward("Focus on the task."), failures=[None, 500, 500]) as server:
-        problem, _, records = toy_problem()
+        problem, _, records = toy_problem(tmp_path)
         config = GPOConfig(optimizer_model="scripted", optimizer_base_url=server.url, retrieval="recency", max_retries=1)
-        with pytest.raises(OptimizerLLMError, match=r"Stopped at step 2 of 3; .* is in /runs/toy.jsonl"):
+        with pytest.raises(OptimizerLLMError, match=r"Stopped at step 2 of 3; .* is in " + re.escape(str(tmp_path / "toy.jsonl"))):
             GPO(config).optimize(problem)
     kinds = [e.get("kind") for e in records.entries]
     assert kinds.count("gpo_step") == 1 and kinds.count("optimizer_call") == 2 and kinds[-1] == "gpo_stopped"

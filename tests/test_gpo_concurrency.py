@@ -15,7 +15,7 @@ from conftest import load_results, needs_shared_data, run_lm_eval
 from scripted_server import ScriptedServer, edit_toward
 from test_gpo import run_gpo
 
-from lm_eval_promptopt.optimizers.llm import OpenAIChat
+from lm_eval_promptopt.optimizers.gpo.llm import OpenAIChat
 
 DELAY = 0.8  # seconds the server takes per answer (a model's generation time)
 SAMPLES = 8
@@ -33,9 +33,9 @@ def gpo_steps(entries: list[dict]) -> list[dict]:
     return [e for e in entries if e.get("kind") == "gpo_step"]
 
 
-def test_a_step_takes_one_request_latency_when_the_endpoint_honours_n():
+def test_a_step_takes_one_request_latency_when_the_endpoint_honours_n(tmp_path: Path):
     with ScriptedServer(edit_toward("Focus on the task."), delay_s=DELAY) as server:
-        result, _, records = run_gpo(server)  # 3 steps, samples=8
+        result, _, records = run_gpo(server, tmp_path)  # 3 steps, samples=8
         single = one_request_latency(server)
         asked = server.requests[:-1]
     steps = gpo_steps(records.entries)
@@ -52,11 +52,11 @@ def test_a_step_takes_one_request_latency_when_the_endpoint_honours_n():
         assert sum(s["sampling"][name] for s in steps) == usage[name]
 
 
-def test_a_step_takes_one_request_latency_when_the_endpoint_ignores_n():
+def test_a_step_takes_one_request_latency_when_the_endpoint_ignores_n(tmp_path: Path):
     """Step 1: the n=8 probe gets one choice, then the other 7 go out together (about two
     latencies). Later steps: 8 concurrent n=1 requests (about one latency)."""
     with ScriptedServer(edit_toward("Focus on the task."), delay_s=DELAY, honour_n=False) as server:
-        result, _, records = run_gpo(server)
+        result, _, records = run_gpo(server, tmp_path)
         single = one_request_latency(server)
         asked = server.requests[:-1]
     steps = gpo_steps(records.entries)
@@ -72,10 +72,10 @@ def test_a_step_takes_one_request_latency_when_the_endpoint_ignores_n():
     assert sum(s["sampling"]["completion_tokens"] for s in steps) == result.details["optimizer"]["usage"]["completion_tokens"]
 
 
-def test_the_pool_is_bounded_by_concurrency():
+def test_the_pool_is_bounded_by_concurrency(tmp_path: Path):
     """concurrency=3: after the probe, the other 7 samples go out at most 3 at a time."""
     with ScriptedServer(edit_toward("Focus on the task."), delay_s=0.3, honour_n=False) as server:
-        _, _, records = run_gpo(server, steps=1, concurrency=3)
+        _, _, records = run_gpo(server, tmp_path, steps=1, concurrency=3)
     (step,) = gpo_steps(records.entries)
     assert step["sampling"]["requests"] == SAMPLES and len(server.requests) == SAMPLES
     assert server.max_in_flight(server.requests[1:]) == 3

@@ -14,7 +14,10 @@ from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval
 from lm_eval_promptopt.errors import PromptOptError
 from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_metric
 from lm_eval_promptopt.optimizers.base import Problem
-from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig, advance, allowed_token_mask, select
+from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig, Search
+from lm_eval_promptopt.optimizers.greater.batching import CPU_BATCH_TOKENS, memory_budget, rows_that_fit
+from lm_eval_promptopt.optimizers.greater.examples import allowed_token_mask
+from lm_eval_promptopt.optimizers.greater.search import advance, select
 from lm_eval_promptopt.options import RunOptions
 from lm_eval_promptopt.harness.prompting import Placement
 from lm_eval_promptopt.harness.setup import apply_task_overrides
@@ -57,7 +60,7 @@ def make_problem(lm, task, name=TASK, train=4, dev=4, seed=0) -> Problem:
     return Problem(name, lm, plan, objective, Greater.default_instruction, seed)
 
 
-def explicit_loss(model, opt: Greater, prompt, pos, reasoning, slot: torch.Tensor) -> torch.Tensor:
+def explicit_loss(model, opt: Search, prompt, pos, reasoning, slot: torch.Tensor) -> torch.Tensor:
     """The spec's loss, written out independently: full logits, embedding `slot` at the position."""
     weight = model.get_input_embeddings().weight
     total = 0.0
@@ -76,14 +79,14 @@ def explicit_loss(model, opt: Greater, prompt, pos, reasoning, slot: torch.Tenso
 
 
 def test_gradient_matches_explicit_and_finite_difference(lm, tasks):
-    opt = Greater(GreaterConfig(max_reasoning_tokens=5, batch_size=3))
-    prompt = opt.prepare(make_problem(lm, tasks[TASK]))
+    opt = Search(GreaterConfig(max_reasoning_tokens=5, batch_size=3), make_problem(lm, tasks[TASK]))
+    prompt = opt.initial
     pos = 2
-    reasoning = opt.reasoning(prompt)
-    candidates = opt.propose(prompt, pos, random.Random(0))
+    reasoning = opt.scorer.reasoning(prompt)
+    candidates = opt.scorer.propose(prompt, pos, random.Random(0))
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    ours = opt.gradient(prompt, pos, candidates, reasoning)
+    ours = opt.scorer.gradient(prompt, pos, candidates, reasoning)
     weight = lm.model.get_input_embeddings().weight
     slot = weight[prompt[pos]].detach().clone().requires_grad_(True)
     explicit_loss(lm.model, opt, prompt, pos, reasoning, slot).backward()
@@ -106,8 +109,8 @@ def test_gradient_matches_explicit_and_finite_difference(lm, tasks):
 
 
 def test_proposal_masks_and_growth(lm, tasks):
-    opt = Greater(GreaterConfig(topk=1, topq=2))
-    prompt = opt.prepare(make_problem(lm, tasks[TASK]))
+    opt = Search(GreaterConfig(topk=1, topq=2), make_problem(lm, tasks[TASK]))
+    prompt = opt.initial
     tok = lm.tokenizer
     mask = allowed_token_mask(tok, lm.model.get_input_embeddings().weight.shape[0])
     for token in torch.nonzero(mask).flatten().tolist():
@@ -116,7 +119,7 @@ def test_proposal_masks_and_growth(lm, tasks):
     assert not mask[tok.encode("7", add_special_tokens=False)[0]]
     assert not any(mask[i] for i in tok.all_special_ids)
     for pos in range(len(prompt)):
-        candidates = opt.propose(prompt, pos, random.Random(pos))
+        candidates = opt.scorer.propose(prompt, pos, random.Random(pos))
         assert len(candidates) >= 6  # k grew from 1 by 2 until the union had 6 tokens
         assert prompt[pos] in candidates
         others = [c for c in candidates if c != prompt[pos]]
@@ -127,14 +130,14 @@ def test_proposal_masks_and_growth(lm, tasks):
 def test_proposal_is_the_union_of_intersections_of_per_example_top_k(lm, tasks):
     """Written out independently: per-example top-k of the masked next-token log-probs after
     "{question}. Use {prefix}", intersected over `topq` seeded subsets of 5, unioned, k += 2."""
-    opt = Greater(GreaterConfig(topk=5, topq=3))
-    prompt = opt.prepare(make_problem(lm, tasks[TASK], train=12))
+    opt = Search(GreaterConfig(topk=5, topq=3), make_problem(lm, tasks[TASK], train=12))
+    prompt = opt.initial
     docs = opt.problem.docs("train")
     assert lm.tokenizer.decode(opt.examples[0].question) == f"{docs[0]['input'].strip()}. Use"  # the paper's layout
     for pos in (1, 4):
         with torch.no_grad():
             logits = [lm.model(torch.tensor([ex.question + prompt[:pos]])).logits[0, -1].float() for ex in opt.examples]
-        mask = opt.allowed.clone()
+        mask = opt.scorer.allowed.clone()
         mask[prompt[pos - 1]] = False
         log_probs = [torch.log_softmax(row, -1).masked_fill(~mask, float("-inf")) for row in logits]
         draws_rng = random.Random(7)
@@ -148,7 +151,7 @@ def test_proposal_is_the_union_of_intersections_of_per_example_top_k(lm, tasks):
             k += 2
         union_of_all = set().union(*tops)
         assert expected != union_of_all  # the intersections matter on these inputs
-        assert set(opt.propose(prompt, pos, random.Random(7))) == expected | {prompt[pos]}
+        assert set(opt.scorer.propose(prompt, pos, random.Random(7))) == expected | {prompt[pos]}
 
 
 def test_selection_rule_lowest_criterion_ties_to_later_period_at_once():
@@ -207,14 +210,32 @@ def test_same_seed_same_result_and_tasks_are_independent(lm, tasks):
     a, b = run_greater(lm, tasks[TASK], seed=5), run_greater(lm, tasks[TASK], seed=5)
     assert a.instruction == b.instruction
     assert [s.get("chosen") for s in a.details["steps"]] == [s.get("chosen") for s in b.details["steps"]]
+    opt = Greater(GreaterConfig(steps=3, max_reasoning_tokens=5, batch_size=6))  # one optimizer, two tasks
+    opt.optimize(make_problem(lm, tasks["mmlu_anatomy"], name="mmlu_anatomy", seed=5))
+    c = opt.optimize(make_problem(lm, tasks[TASK], seed=5))
+    assert vars(opt) == {"config": opt.config}  # a task's state lives on its own Search, not on the optimizer
+    assert c.instruction == a.instruction and c.details["steps"][0]["chosen"] == a.details["steps"][0]["chosen"]
+
+
+def test_batch_sizes_follow_the_machine_not_the_memory_free_now(llama3_lm):
+    """The rows of a batch change its float rounding, so a repeated or resumed run must batch alike:
+    the budget is a share of the machine's memory less the weights, not of what is free now."""
+    model = llama3_lm.model
+    budget = memory_budget(model)
+    hog = torch.ones(2**28)  # 1 GiB in use, touched
+    assert memory_budget(model) == budget and float(hog[-1]) == 1.0
+    del hog
+    assert rows_that_fit(model, budget, 64, 10_000, None) == CPU_BATCH_TOKENS // 64  # on CPU the token bound binds
+    assert 1 < rows_that_fit(model, 10 * 2**20, 64, 10_000, None) < CPU_BATCH_TOKENS // 64  # a smaller budget binds
+    assert rows_that_fit(model, 0, 64, 10_000, None) == 1 and rows_that_fit(model, budget, 64, 10_000, 5) == 5
 
 
 def test_batched_generation_and_cached_scoring_match_one_sequence_at_a_time(llama3_lm, tasks):
     lm = llama3_lm
-    batched, single = Greater(GreaterConfig(max_reasoning_tokens=5)), Greater(GreaterConfig(max_reasoning_tokens=5, batch_size=1))
-    prompt = batched.prepare(make_problem(lm, tasks[TASK], train=6))
-    single.prepare(make_problem(lm, tasks[TASK], train=6))
-    contexts = batched.contexts(prompt[:-1]) + batched.contexts(prompt)  # the shorter first
+    batched = Search(GreaterConfig(max_reasoning_tokens=5), make_problem(lm, tasks[TASK], train=6))
+    single = Search(GreaterConfig(max_reasoning_tokens=5, batch_size=1), make_problem(lm, tasks[TASK], train=6))
+    prompt = batched.initial
+    contexts = batched.scorer.contexts(prompt[:-1]) + batched.scorer.contexts(prompt)  # the shorter first
     assert len({len(c) for c in contexts}) > 1  # rows of different lengths: sorted, then put back
     free = batched.engine.generate(contexts)
     assert len({tuple(r) for r in free}) > 1
@@ -230,7 +251,7 @@ def test_batched_generation_and_cached_scoring_match_one_sequence_at_a_time(llam
         seq = ctx + r + tail
         with torch.no_grad():
             full = lm.model(input_ids=torch.tensor([seq])).logits[0, len(ctx) + len(r) - 1 : len(seq) - 1].float()
-        assert torch.allclose(batched.engine._logits(h[: len(tail)]), full, atol=1e-4)
+        assert torch.allclose(batched.engine.logits(h[: len(tail)]), full, atol=1e-4)
 
 
 def test_memory_sized_batches_choose_what_one_at_a_time_chooses(llama3_lm, tasks):
@@ -251,9 +272,9 @@ def test_memory_sized_batches_choose_what_one_at_a_time_chooses(llama3_lm, tasks
 def test_multiple_choice_error_is_the_harness_accuracy_on_train(lm, tasks):
     """No reasoning for loglikelihood tasks: the error of a prompt is 1 - lm-eval's own `acc`."""
     problem = make_problem(lm, tasks["mmlu_anatomy"], name="mmlu_anatomy", train=6)
-    opt = Greater(GreaterConfig(batch_size=4))
-    prompt = opt.prepare(problem)
-    (scored,) = opt.score([prompt])
+    opt = Search(GreaterConfig(batch_size=4), problem)
+    prompt = opt.initial
+    (scored,) = opt.scorer.score([prompt])
     assert scored.error == pytest.approx(1 - problem.score(opt.text(prompt), "train"))
     result = run_greater(lm, tasks["mmlu_anatomy"], name="mmlu_anatomy", steps=2)
     assert result.details["extractor"] is None and result.details["counters"].get("generations", 0) == 0
@@ -269,15 +290,13 @@ def test_answer_target_is_the_bare_gold_after_the_papers_frame(lm, local_tasks):
         (names[1], {" True", " False"}, "'$ True' or '$ False'"),
         (names[2], None, "$NUMBER$, where NUMBER is a positive or negative integer"),
     ):
-        opt = Greater(GreaterConfig())
-        opt.prepare(make_problem(lm, loaded[name], name=name, train=8))
+        opt = Search(GreaterConfig(), make_problem(lm, loaded[name], name=name, train=8))
         assert opt.extractor.startswith("Therefore, the final answer (use exact") and options in opt.extractor
         for ex in opt.examples:
             assert tok.decode(ex.extractor) == f" {opt.extractor}"
             text = tok.decode(ex.answer)
             assert "(" not in text and (answers is None and text.strip().lstrip("-").isdigit() or text in (answers or ()))
-        task_opt = Greater(GreaterConfig(extractor="task"))  # the task's own phrase, still the bare answer scored
-        task_opt.prepare(make_problem(lm, loaded[name], name=name, train=8))
+        task_opt = Search(GreaterConfig(extractor="task"), make_problem(lm, loaded[name], name=name, train=8))  # the task's own phrase, still the bare answer scored
         if name == names[0]:
             ex = task_opt.examples[0]
             assert tok.decode(ex.extractor) == " So the answer is (" and tok.decode(ex.answer) in answers

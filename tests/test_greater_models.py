@@ -13,7 +13,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval
-from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig
+from lm_eval_promptopt.optimizers.greater import GreaterConfig, Search
 from lm_eval_promptopt.harness.setup import apply_task_overrides
 from support.testbed import build_tiny_model
 from test_greater import make_problem
@@ -43,21 +43,20 @@ def task(local_tasks: Path):
 
 def test_lossy_tokenizer_starts_from_what_the_harness_sees(wordlevel_model: Path, task, capsys):
     lm = HFLM(pretrained=str(wordlevel_model), device="cpu", batch_size=1)
-    opt = Greater(GreaterConfig(max_reasoning_tokens=8))
-    prompt = opt.prepare(make_problem(lm, task))
+    opt = Search(GreaterConfig(max_reasoning_tokens=8), make_problem(lm, task))
+    prompt = opt.initial
     seen = opt.text(prompt)
     assert "<unk>" not in seen and lm.tokenizer.unk_token_id not in prompt  # no special-token text, ever
     assert seen.startswith("use ") and opt.initial_as_seen == seen
     assert capsys.readouterr().out.count("does not round-trip the initial instruction") == 1
-    reasoning = opt.reasoning(prompt)  # lm-eval's stop criteria: no crash on a WordLevel tokenizer
+    reasoning = opt.scorer.reasoning(prompt)  # lm-eval's stop criteria: no crash on a WordLevel tokenizer
     assert all(len(r) <= 8 for r in reasoning)
 
 
 def test_reasoning_is_what_lm_evals_generate_until_returns(tiny_model: Path, task):
     lm = HFLM(pretrained=str(tiny_model), device="cpu", batch_size=1)
-    opt = Greater(GreaterConfig(max_reasoning_tokens=8))
-    prompt = opt.prepare(make_problem(lm, task))
-    ids = opt.contexts(prompt)[0]
+    opt = Search(GreaterConfig(max_reasoning_tokens=8), make_problem(lm, task))
+    ids = opt.scorer.contexts(opt.initial)[0]
     free = opt.engine.generate([ids])[0]
     stop = lm.tok_decode(free[3:5])  # a stop sequence the model writes early: generation must end before it
     opt.engine.until = [stop, *opt.engine.until]
@@ -71,8 +70,8 @@ def test_reasoning_is_what_lm_evals_generate_until_returns(tiny_model: Path, tas
 
 def test_candidates_are_checked_for_re_encoding_inside_the_rendered_prompt(tiny_model: Path, task):
     lm = HFLM(pretrained=str(tiny_model), device="cpu", batch_size=1)
-    opt = Greater(GreaterConfig())
-    prompt = opt.prepare(make_problem(lm, task))
+    opt = Search(GreaterConfig(), make_problem(lm, task))
+    prompt = opt.initial
     assert opt.in_context and opt.reencodes(prompt)
     space = lm.tokenizer.encode(" ", add_special_tokens=False)
     trailing = [*prompt[:-1], *space]  # "... answer " : no delimiter then, and " " merges with "Q"
@@ -85,14 +84,14 @@ def test_bfloat16_gradient_ranks_candidates_as_float32_does(tiny_model: Path, ta
     grads = {}
     for dtype in ("float32", "bfloat16"):
         lm = HFLM(pretrained=str(tiny_model), device="cpu", batch_size=1, dtype=dtype)
-        opt = Greater(GreaterConfig(max_reasoning_tokens=5))
-        prompt = opt.prepare(make_problem(lm, task))
+        opt = Search(GreaterConfig(max_reasoning_tokens=5), make_problem(lm, task))
+        prompt = opt.initial
         if dtype == "float32":
-            reasoning = opt.reasoning(prompt)
-            candidates = opt.propose(prompt, 3, random.Random(0))
+            reasoning = opt.scorer.reasoning(prompt)
+            candidates = opt.scorer.propose(prompt, 3, random.Random(0))
         for p in lm.model.parameters():
             p.requires_grad_(False)
-        grads[dtype] = opt.gradient(prompt, 3, candidates, reasoning)
+        grads[dtype] = opt.scorer.gradient(prompt, 3, candidates, reasoning)
     assert grads["bfloat16"].dtype == torch.float32
     assert torch.argsort(grads["bfloat16"])[:3].tolist() == torch.argsort(grads["float32"])[:3].tolist()  # the 3 scored
     assert torch.nn.functional.cosine_similarity(grads["bfloat16"], grads["float32"], dim=0) > 0.99

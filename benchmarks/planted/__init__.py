@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.tiny_llama import CHAT_TEMPLATE
+from lm_eval_promptopt.harness.prompting import Placement
 from lm_eval_promptopt.run.store import cache_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,24 +252,20 @@ def _batches(tokenizer: Any, examples: list[Example], batch_size: int) -> Iterab
     """(input ids, attention mask, labels, loss weights) per batch; loss only on the answer."""
     import torch
 
+    from lm_eval_promptopt.optimizers.greater.batching import padded
+
     for op in OPS:  # the weighting below relies on the op name being the answer's 4th token
         for chat in (False, True):
             ids = tokenizer(render_continuation(target_text(op, [1, 2]), chat), add_special_tokens=False)["input_ids"]
             assert tokenizer.decode(ids[3]).strip() == op, tokenizer.convert_ids_to_tokens(ids)
     ctx = tokenizer([e.context for e in examples])["input_ids"]
     cont = tokenizer([e.continuation for e in examples], add_special_tokens=False)["input_ids"]
-    pad = tokenizer.pad_token_id
     for start in range(0, len(examples), batch_size):
         rows = [(c, t) for c, t in zip(ctx[start : start + batch_size], cont[start : start + batch_size])]
-        width = max(len(c) + len(t) for c, t in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        weights = torch.zeros((len(rows), width))
+        ids, mask = padded([c + t for c, t in rows], tokenizer.pad_token_id)
+        labels, _ = padded([[-100] * len(c) + t for c, t in rows], -100)
+        weights = torch.zeros(ids.shape)
         for i, (c, t) in enumerate(rows):
-            ids[i, : len(c) + len(t)] = torch.tensor(c + t)
-            labels[i, len(c) : len(c) + len(t)] = torch.tensor(t)
-            mask[i, : len(c) + len(t)] = 1
             weights[i, len(c) : len(c) + len(t)] = 1.0
             # The two decisions weigh more: the op named ("We take the <op> ...") and the digit.
             weights[i, len(c) + 3] = weights[i, len(c) + len(t) - 3] = TRAIN_CONFIG["answer_weight"]
@@ -339,9 +336,11 @@ def train_planted_model(out_dir: str | Path, seed: int = 0, *, log_every: int = 
 
 def settings_hash() -> str:
     """Hash of everything that shapes the trained model (settings and the code that uses them)."""
+    from lm_eval_promptopt.optimizers.greater.batching import padded
+
     code = [inspect.getsource(f) for f in (apply_op, hidden_op, target_text, _draw_digits, make_instruction,
             render_context, render_continuation, sample_example, _tokenizer_corpus, build_tokenizer, _batches,
-            train_planted_model)]  # fmt: skip
+            padded, train_planted_model)]  # fmt: skip
     settings = [VERSION, OPS, KEYWORDS, FILLER, sorted(HIDDEN_OPS.items()), LENGTHS, repr(SPLITS),
                 CHAT_TEMPLATE, SPECIAL_TOKENS, MODEL_CONFIG, TRAIN_CONFIG, code]  # fmt: skip
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -492,7 +491,7 @@ def check(
     for chat in chat_template:
         fmt = "chat" if chat else "plain"
         for instruction in instructions if instructions is not None else check_instructions():
-            system = (instruction if chat else instruction + "\n\n") if instruction else None
+            system = Placement(chat_template=chat).system_text(instruction)
             out = evaluator.simple_evaluate(
                 model=lm,
                 tasks=tasks,

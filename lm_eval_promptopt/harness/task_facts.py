@@ -1,5 +1,6 @@
 """Task-family facts the optimizers need: the raw question, the gold answer (bare, or the gold
-choice of a multiple-choice doc), a doc as a (question, answer) exemplar, the extractor frame.
+choice of a multiple-choice doc), a doc as a (question, answer) exemplar, the extractor frame and
+the text GReaTer's `extractor` setting puts between the reasoning and the answer.
 
 The frame is the paper's answer-extraction prompt (shared/reference/greater.md §4.2): "Therefore,
 the final answer (use exact format: <options>) is <marker>", the options and marker chosen per
@@ -14,6 +15,7 @@ from typing import Any
 
 # The tasks' own answer phrases (`extractor=task`), by task family.
 TASK_PHRASES = {"bbh": "So the answer is", "gsm8k": "The answer is", "folio": "The answer is"}
+DEFAULT_PHRASE = "The answer is"
 _LABEL_SETS = (("Yes", "No"), ("True", "False"), ("valid", "invalid"))
 _FOLIO_LABELS = ("True", "False", "Uncertain")
 _LETTER = re.compile(r"^\(?([A-Z])\)?$")
@@ -108,3 +110,21 @@ def _labels(golds: list[str], family: str) -> tuple[str, ...] | None:
             lower = all(g == g.lower() for g in golds)
             return tuple(label.lower() if lower else label for label in labels)
     return None
+
+
+def extractor_text(setting: str, frame: Frame, family: str) -> str:
+    """The extractor a setting names: `paper` (the frame), `task` (the task's own answer phrase),
+    or any other text, used as is."""
+    return {"paper": frame.text, "task": TASK_PHRASES.get(family, DEFAULT_PHRASE)}.get(setting, setting)
+
+
+def extractor_pieces(setting: str, frame: Frame, written: str, family: str, sep: str) -> tuple[str, str]:
+    """(extractor text, answer text) of one doc whose gold the task writes as `written`, the
+    extractor after `sep` (the text between the reasoning and it)."""
+    gold = bare_answer(written)
+    if setting == "paper":
+        return sep + frame.text, (" " if frame.space else "") + gold
+    if setting == "task":  # the task's phrase and the gold as written, the bare answer scored
+        before = written[: written.find(gold)]
+        return sep + TASK_PHRASES.get(family, DEFAULT_PHRASE) + (f" {before}" if before else ""), ("" if before else " ") + gold
+    return sep + setting, " " + gold

@@ -2,9 +2,10 @@
 
 An optimizer sees one leaf task as a sealed `Problem`: scores through the harness (`score`),
 the optimize-train/dev docs (`docs`), the exact prompts lm-eval renders (`render`), gold targets
-(`target`, `exemplar`), the task facts it needs (`family`, `output_type`, `generation_kwargs`,
-`chat_template`), the model (`model`) and the `RunLog` (`log`: records, per-step state, resume,
-replay, stop conditions). It touches no CLI argument, file or lm-eval internal directly.
+(`target`, `exemplar`, `choices`), the task facts it needs (`family`, `question`, `output_type`,
+`generation_kwargs`, `target_delimiter`, `chat_template`), the model (`model`) and the `RunLog`
+(`log`: records, per-step state, resume, replay, stop conditions). It touches no CLI argument,
+file or lm-eval internal directly.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import PromptOptError
 from ..harness.setup import unwrap
-from ..harness.task_facts import exemplar
+from ..harness.task_facts import exemplar, gold_choice, raw_question
 from ..run.log import RunLog
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ class Problem:
     """One leaf task to optimize: its docs, the harness-backed objective, the model, the run log.
 
     `lm`, `plan` and `objective` are the constructor's inputs; optimizers use the members below.
-    `task` and `control` remain only until greater.py and gpo.py have moved to the others.
     """
 
     task_name: str
@@ -67,7 +67,15 @@ class Problem:
 
     def exemplar(self, doc: dict) -> tuple[str, str]:
         """(question, gold answer) of `doc` as the task renders them."""
-        return exemplar(self.task, doc)
+        return exemplar(self._task, doc)
+
+    def question(self, doc: dict) -> str:
+        """The question of `doc` alone, without the task's prompt frame."""
+        return raw_question(self._task, doc, self.family)
+
+    def choices(self, doc: dict) -> tuple[list[str], int]:
+        """A multiple-choice doc's choices as text and the index of the gold one."""
+        return gold_choice(self._task, doc)
 
     def record(self, entry: dict[str, Any]) -> None:
         """Append an entry (a scored candidate, a step) to this task's trajectory file."""
@@ -91,22 +99,21 @@ class Problem:
     @property
     def output_type(self) -> str:
         """lm-eval's output type: generate_until, multiple_choice, loglikelihood, ..."""
-        return self.task.get_config("output_type")
+        return self._task.get_config("output_type")
 
     @property
     def generation_kwargs(self) -> dict[str, Any]:
         """The task's generation settings (empty for other output types)."""
-        return self.task.get_config("generation_kwargs") or {}
+        return self._task.get_config("generation_kwargs") or {}
 
     @property
-    def task(self) -> Any:
-        """The lm-eval task (read-only use: output type, generation settings, choices)."""
+    def target_delimiter(self) -> str:
+        """What lm-eval puts between the prompt and a multiple-choice continuation."""
+        return self._task.config.target_delimiter
+
+    @property
+    def _task(self) -> Any:
         return self.objective.splits.task
-
-    @property
-    def control(self) -> RunLog:
-        """The run log under its former name."""
-        return self.log
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import read_jsonl, write_json
-from .stop import AnyOf, Progress
+from .stop import AnyOf, Combinable, Progress
 
 
 class Trajectory:
@@ -94,6 +94,8 @@ class RunLog:
         self.steps_done: int = saved.get("steps_done", 0)
         self.best: float | None = saved.get("best")
         self.since_best: int = saved.get("since_best", 0)
+        self.tokens = 0
+        """Optimizer-LLM tokens as of the last completed step (what the optimizer reported)."""
         self._elapsed_before: float = saved.get("elapsed_s", 0.0)
         self._started = time.perf_counter()
         self._journal: list[dict[str, Any]] = []
@@ -133,13 +135,18 @@ class RunLog:
         return self._elapsed_before + time.perf_counter() - self._started
 
     def progress(self) -> Progress:
-        return Progress(self.steps_done, self.evaluations(), self.elapsed(), self.since_best)
+        return Progress(self.steps_done, self.evaluations(), self.elapsed(), self.since_best, self.tokens)
 
-    def step_done(self, score: float | None, state: dict[str, Any], reason: str | None = None) -> str | None:
-        """Record a completed step (its score: higher is better; None: not scored), save `state`,
-        and return why the search stops now: `reason` (the optimizer's own), a stop condition's,
-        or None."""
+    def stop_first(self, condition: Combinable) -> None:
+        """Check an optimizer's own budget (e.g. GPO's token limit) before the run's stop conditions."""
+        self.stop = condition | self.stop
+
+    def step_done(self, score: float | None, state: dict[str, Any], reason: str | None = None, tokens: int = 0) -> str | None:
+        """Record a completed step (its score: higher is better; None: not scored; `tokens`: the
+        optimizer LLM's so far), save `state`, and return why the search stops now: `reason`
+        (the optimizer's own), a stop condition's, or None."""
         self.steps_done += 1
+        self.tokens = tokens
         if score is not None and (self.best is None or score > self.best):
             self.best, self.since_best = score, 0
         else:

@@ -1,8 +1,8 @@
 """Stop conditions: each a small object that names why a search stops, combined with `|`.
 
 A condition looks at the search's `Progress` between steps (a step that has begun is finished)
-and returns its reason (`max_evals`, `time_limit`, `patience`) or None. `AnyOf` stops at the
-first condition that fires, in the order they were combined.
+and returns its reason (`max_evals`, `time_limit`, `patience`, `max_optimizer_tokens`) or None.
+`AnyOf` stops at the first condition that fires, in the order they were combined.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ class Progress:
     """Seconds of search so far, summed over resumed processes."""
     since_best: int
     """Completed steps since the best step score."""
+    tokens: int = 0
+    """Optimizer-LLM tokens so far (prompt + completion; 0 without an optimizer LLM)."""
 
 
 class StopCondition(Protocol):
@@ -34,7 +36,7 @@ class Combinable:
     """`a | b`: stop when either does."""
 
     def __or__(self, other: StopCondition) -> AnyOf:
-        return AnyOf((self, other))
+        return AnyOf((self, *(other.conditions if isinstance(other, AnyOf) else (other,))))
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,16 @@ class Patience(Combinable):
 
     def reason(self, progress: Progress) -> str | None:
         return "patience" if progress.since_best >= self.steps else None
+
+
+@dataclass(frozen=True)
+class MaxTokens(Combinable):
+    """At most `limit` optimizer-LLM tokens (GPO's `max_optimizer_tokens`)."""
+
+    limit: int
+
+    def reason(self, progress: Progress) -> str | None:
+        return "max_optimizer_tokens" if progress.tokens >= self.limit else None
 
 
 @dataclass(frozen=True)

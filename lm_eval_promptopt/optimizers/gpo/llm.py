@@ -22,8 +22,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tqdm.auto import tqdm
 
-from ..errors import StageError
-from ..harness.setup import unwrap
+from ...errors import StageError
+from ...harness.setup import unwrap
 
 Log = Callable[[dict[str, Any]], None]
 
@@ -40,6 +40,17 @@ class Usage:
     completions: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    def add(self, completions: int, tokens: dict[str, int]) -> None:
+        """Count one answer: its completions, and its prompt and completion tokens."""
+        self.completions += completions
+        self.prompt_tokens += tokens.get("prompt_tokens", 0)
+        self.completion_tokens += tokens.get("completion_tokens", 0)
+
+    @property
+    def tokens(self) -> int:
+        """Prompt and completion tokens together."""
+        return self.prompt_tokens + self.completion_tokens
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -87,11 +98,8 @@ def request_key(request: dict[str, Any]) -> str:
 def replay(record: dict[str, Any], logged: dict[str, Any], usage: Usage) -> list[str]:
     """Answer a request from an earlier run's logged response: count it, and mark the record."""
     response = logged["response"]
-    tokens = response.get("usage") or {}
     usage.replayed += 1
-    usage.completions += len(response["texts"])
-    usage.prompt_tokens += tokens.get("prompt_tokens", 0)
-    usage.completion_tokens += tokens.get("completion_tokens", 0)
+    usage.add(len(response["texts"]), response.get("usage") or {})
     record.update(response=response, replayed=True, seconds=0.0)
     return list(response["texts"])
 
@@ -245,9 +253,7 @@ class OpenAIChat:
             usage = response.usage
             tokens = {"prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0, "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
             with self._lock:
-                self.usage.completions += len(texts)
-                self.usage.prompt_tokens += tokens["prompt_tokens"]
-                self.usage.completion_tokens += tokens["completion_tokens"]
+                self.usage.add(len(texts), tokens)
             record["response"] = {
                 "texts": texts,
                 "finish_reasons": [c.finish_reason for c in choices],
@@ -363,9 +369,7 @@ class SelfLM:
             texts = [str(t) for t in self.lm.generate_until(requests, disable_tqdm=True)]
         tokens = {"prompt_tokens": self._tokens(context) * n, "completion_tokens": sum(self._tokens(t) for t in texts)}
         self.usage.requests += 1
-        self.usage.completions += len(texts)
-        self.usage.prompt_tokens += tokens["prompt_tokens"]
-        self.usage.completion_tokens += tokens["completion_tokens"]
+        self.usage.add(len(texts), tokens)
         self.log(
             {
                 "kind": "optimizer_call",
