@@ -105,7 +105,9 @@ class Live:
     def __init__(self, args: list[str], env: dict[str, str], logs: Path) -> None:
         self.out, self.err = logs.with_suffix(".out"), logs.with_suffix(".err")
         with self.out.open("w") as out, self.err.open("w") as err:
-            self.proc = subprocess.Popen([*lm_eval_command("oracle_cli"), *args], stdout=out, stderr=err, env=env)
+            # Ctrl-C must reach it even when pytest runs as a background job (which starts with SIGINT ignored)
+            restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+            self.proc = subprocess.Popen([*lm_eval_command("oracle_cli"), *args], stdout=out, stderr=err, env=env, preexec_fn=restore_sigint)
 
     def finish(self, timeout: float = 300) -> subprocess.CompletedProcess:
         try:
