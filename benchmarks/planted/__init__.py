@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.tiny_llama import CHAT_TEMPLATE
+from benchmarks.tiny_llama import CHAT_TEMPLATE, init_llama
 from lm_eval_promptopt.harness.prompting import Placement
 from lm_eval_promptopt.run.store import cache_root
 
@@ -280,7 +280,6 @@ def train_planted_model(out_dir: str | Path, seed: int = 0, *, log_every: int = 
     Deterministic for a fixed seed on a given machine. About two minutes on 2 CPU cores.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,16 +291,7 @@ def train_planted_model(out_dir: str | Path, seed: int = 0, *, log_every: int = 
         steps, batch_size = int(cfg["steps"]), int(cfg["batch_size"])
         rng = random.Random(f"train/{seed}")
         examples = [sample_example(rng) for _ in range(steps * batch_size)]
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            **MODEL_CONFIG,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=True,
-        )
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = init_llama(tokenizer, seed, **MODEL_CONFIG)
         model.train()
         optim = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.98), weight_decay=cfg["weight_decay"])
 
@@ -340,7 +330,7 @@ def settings_hash() -> str:
 
     code = [inspect.getsource(f) for f in (apply_op, hidden_op, target_text, _draw_digits, make_instruction,
             render_context, render_continuation, sample_example, _tokenizer_corpus, build_tokenizer, _batches,
-            padded, train_planted_model)]  # fmt: skip
+            padded, init_llama, train_planted_model)]  # fmt: skip
     settings = [VERSION, OPS, KEYWORDS, FILLER, sorted(HIDDEN_OPS.items()), LENGTHS, repr(SPLITS),
                 CHAT_TEMPLATE, SPECIAL_TOKENS, MODEL_CONFIG, TRAIN_CONFIG, code]  # fmt: skip
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
