@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -66,17 +67,27 @@ class RunOptions:
             raise ValueError(f"metric must read `metric,filter` (e.g. exact_match,flexible-extract), got {self.metric!r}")
 
 
-def split_pairs(text: str) -> dict[str, str]:
-    """Parse `k=v,k2="a, b"` (quotes protect commas) or a JSON object into a dict of strings."""
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict, refusing a key given twice (JSON would keep the last)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise PromptOptError(f"--optimize_args: {key!r} is given twice")
+        seen[key] = value
+    return seen
+
+
+def split_pairs(text: str) -> dict[str, Any]:
+    """Parse `k=v,k2="a, b"` (quotes protect commas; values are strings) or a JSON object (values
+    keep their JSON types, checked against the fields by `build`)."""
     text = text.strip()
     if not text:
         return {}
     if text.startswith("{"):
         try:
-            loaded = json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise PromptOptError(f"--optimize_args is not valid JSON: {err}") from None
-        return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in loaded.items()}
     parts, current, quote = [], [], None
     for char in text:
         if quote:
@@ -112,31 +123,54 @@ def split_pairs(text: str) -> dict[str, str]:
     return pairs
 
 
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def _kind(annotation: Any) -> str:
+    """How an error names what a field takes."""
+    if typing.get_origin(annotation) is tuple:
+        return "a list of strings"
+    return _KINDS[annotation]
+
+
 def _coerce(name: str, raw: Any, annotation: Any) -> Any:
-    """Convert one string value to the field's type, or raise a message naming the key."""
-    if not isinstance(raw, str):
-        return raw
+    """Convert one value (a `k=v` string, or a JSON value) to the field's type, or raise a one-line
+    message naming the key: a JSON value of another type is refused, never turned into text."""
     args = typing.get_args(annotation)
+    kinds = [annotation]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        if type(None) in args and raw.lower() in ("none", "null", ""):
+        if type(None) in args and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))):
             return None
-        annotation = next(a for a in args if a is not type(None))
-    try:
-        if annotation is bool:
-            lowered = raw.lower()
-            if lowered in ("true", "1", "yes", "on"):
-                return True
-            if lowered in ("false", "0", "no", "off"):
-                return False
+        kinds = [a for a in args if a is not type(None)]
+    for kind in kinds:
+        try:
+            return _convert(raw, kind)
+        except ValueError:
+            continue
+    shown = repr(raw) if isinstance(raw, str) else json.dumps(raw)
+    raise PromptOptError(f"--optimize_args: {name}={shown} must be {' or '.join(_kind(k) for k in kinds)}") from None
+
+
+def _convert(raw: Any, kind: Any) -> Any:
+    """`raw` as `kind` (bool, int, float, str, or tuple[str, ...] from a JSON list); ValueError if it is not one."""
+    if typing.get_origin(kind) is tuple:
+        if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+            return tuple(raw)
+        raise ValueError
+    if isinstance(raw, str) and kind is not str:
+        lowered = raw.lower()
+        if kind is bool and lowered in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return lowered in ("true", "1", "yes", "on")
+        if kind is bool:
             raise ValueError
-        if annotation is int:
-            return int(raw)
-        if annotation is float:
-            return float(raw)
-    except ValueError:
-        kind = {bool: "true or false", int: "an integer", float: "a number"}[annotation]
-        raise PromptOptError(f"--optimize_args: {name}={raw!r} must be {kind}") from None
-    return raw
+        raw = int(raw) if kind is int else float(raw)
+    if kind is float and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if not math.isfinite(raw):
+            raise ValueError
+        return float(raw)
+    if type(raw) is kind:  # (bool is not an int here)
+        return raw
+    raise ValueError
 
 
 def build(cls: type, values: dict[str, Any], where: str) -> Any:

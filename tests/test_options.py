@@ -12,7 +12,7 @@ from lm_eval_promptopt.options import RunOptions, parse_optimize_args, split_pai
 def test_split_pairs_respects_quotes_and_json():
     assert split_pairs('instruction="Think, then answer.",seed=2') == {"instruction": "Think, then answer.", "seed": "2"}
     assert split_pairs("a='x,y', b=3") == {"a": "x,y", "b": "3"}
-    assert split_pairs('{"seed": 4, "instruction": "Hi, there"}') == {"seed": "4", "instruction": "Hi, there"}
+    assert split_pairs('{"seed": 4, "instruction": "Hi, there"}') == {"seed": 4, "instruction": "Hi, there"}
     assert split_pairs("") == {}
 
 
@@ -23,6 +23,7 @@ def test_split_pairs_respects_quotes_and_json():
         ("seed=1,seed=2", "given twice"),
         ('instruction="open', "unclosed"),
         ("{bad json", "not valid JSON"),
+        ('{"seed": 1, "seed": 2}', "'seed' is given twice"),  # (JSON itself would keep the last)
     ],
 )
 def test_split_pairs_errors(text, message):
@@ -51,6 +52,34 @@ def test_values_are_typed_and_split_between_run_and_optimizer():
     ],
 )
 def test_bad_values_name_the_key(text, message):
+    with pytest.raises(PromptOptError, match=message):
+        parse_optimize_args(text, "candidates", CandidatesConfig)
+
+
+def test_json_values_keep_their_type():
+    """A JSON list is the candidate list (never its text as one candidate); a number is not an
+    instruction; every JSON value is checked against its field's type."""
+    _, config = parse_optimize_args('{"candidates": ["Please answer.", "Find the largest one."]}', "candidates", CandidatesConfig)
+    assert config.instructions() == ["Please answer.", "Find the largest one."]
+    options, _ = parse_optimize_args('{"candidates": "A", "time_limit": 5, "compare_baseline": true, "train_size": null}', "candidates", CandidatesConfig)
+    assert options == RunOptions(time_limit=5.0, compare_baseline=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"candidates": "A", "instruction": 5}', "instruction=5 must be a string"),
+        ('{"candidates": ["A", 3]}', r'candidates=\["A", 3\] must be a string or a list of strings'),
+        ('{"candidates": "A", "seed": true}', "seed=true must be an integer"),
+        ('{"candidates": "A", "seed": 1.5}', "seed=1.5 must be an integer"),
+        ('{"candidates": "A", "compare_baseline": "maybe"}', "compare_baseline='maybe' must be true or false"),
+        ('{"candidates": "A", "keep_initial": 1}', "keep_initial=1 must be true or false"),
+        ("candidates=A,time_limit=nan", "time_limit='nan' must be a finite number"),
+        ('{"candidates": "A", "time_limit": NaN}', "time_limit=NaN must be a finite number"),
+        ("candidates=A,time_limit=inf", "time_limit='inf' must be a finite number"),
+    ],
+)
+def test_json_values_of_the_wrong_type_and_non_finite_numbers_are_refused(text, message):
     with pytest.raises(PromptOptError, match=message):
         parse_optimize_args(text, "candidates", CandidatesConfig)
 

@@ -22,8 +22,8 @@ class KeepInitial(Optimizer):
 class CandidatesConfig:
     file: str | None = None
     """A text file with one instruction per line (blank lines ignored)."""
-    candidates: str | None = None
-    """Inline instructions separated by `|`."""
+    candidates: str | tuple[str, ...] | None = None
+    """Inline instructions separated by `|` (in a JSON `--optimize_args`, also a list of strings)."""
 
     def __post_init__(self) -> None:
         if (self.file is None) == (self.candidates is None):
@@ -34,8 +34,11 @@ class CandidatesConfig:
             raise ValueError("the candidate list is empty")
 
     def instructions(self) -> list[str]:
-        text = Path(self.file).read_text(encoding="utf-8") if self.file else self.candidates or ""
-        lines = text.splitlines() if self.file else text.split("|")
+        if isinstance(self.candidates, tuple):
+            lines = list(self.candidates)
+        else:
+            text = Path(self.file).read_text(encoding="utf-8") if self.file else self.candidates or ""
+            lines = text.splitlines() if self.file else text.split("|")
         unique: list[str] = []
         for line in (line.strip() for line in lines):
             if line and line not in unique:
