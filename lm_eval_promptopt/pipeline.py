@@ -18,7 +18,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import __version__
 from .errors import PromptOptError, StageError
 from .harness.objective import Objective, TaskSplits, group_metric, primary_metric
 from .harness.prompting import Placement, bind_instruction, detect_placement
@@ -31,6 +30,7 @@ from .run.log import Checkpoint, RunLog, Trajectory
 from .run.processes import ProcessGroup
 from .run.report import TaskOutcome, comparison_rows, fill_tracker, projected_cost_table, results_section, summary, write_outputs
 from .run.stop import budget
+from .run.search_key import cacheable, search_key
 from .run.store import InstructionCache, digest, model_identity
 from .run.transfer import Source, check_transfer
 
@@ -238,9 +238,11 @@ class OptimizeRun:
             kept = {k: cached[k] for k in ("final_instruction", "initial_dev_score", "final_dev_score", "stop_reason", "evaluations", "wall_time_s", "details")}
             return TaskOutcome(**common, **kept, trajectory_file=str(trajectory_path), source="cache", cache_entry=entry)
         searched = self._search(name, harness, optimizer, initial, metric, checkpoint, trajectory_path, common)
-        if self.cache is not None:
+        if self.cache is not None and cacheable(searched.stop_reason):
             entry = self.cache.save(key, asdict(searched))  # a failed write warns; the run's outputs hold the search
             searched.cache_entry = str(entry) if entry else None
+        elif self.cache is not None:
+            print(f"lm_eval_promptopt: {name}: the time limit stopped this search, so it is not cached (how far it gets depends on the machine's speed and load)")
         checkpoint.save({"outcome": asdict(searched)})
         return searched
 
@@ -297,24 +299,22 @@ class OptimizeRun:
         )
 
     def _cache_key(self, name: str, harness: Harness, initial: str, metric: str) -> dict[str, Any]:
-        """Everything that can change a search's result."""
+        """Everything that can change a search's result (the rule: `run/search_key.py`)."""
         kw = harness.kw
-        return {
-            "plugin_version": __version__,
-            "model": model_identity(harness.lm, kw["model"], kw.get("model_args")),
-            "task": name,
-            "task_config_sha256": digest(harness.loaded["tasks"][name].config.to_dict()),
-            "optimizer": self.optimizer_cls.name,
-            "optimizer_config": asdict(self.config),
-            # the candidate list itself, not only the file it came from
-            "optimizer_inputs": self.config.instructions() if hasattr(self.config, "instructions") else None,
-            "initial_instruction": initial,
-            "metric": metric,
-            "split_plan_sha256": digest(harness.plans[name].as_dict()),
-            "seeds": self.seeds,
-            "placement": harness.placement.name,
-            "evaluation": {k: harness.eval_kwargs[k] for k in ("apply_chat_template", "fewshot_as_multiturn")},
-        }
+        return search_key(
+            optimizer=self.optimizer_cls.name,
+            config=self.config,
+            options=self.options,
+            model=model_identity(harness.lm, kw["model"], kw.get("model_args")),
+            task=name,
+            task_config_sha256=digest(harness.loaded["tasks"][name].config.to_dict()),
+            initial_instruction=initial,
+            metric=metric,
+            split_plan_sha256=digest(harness.plans[name].as_dict()),
+            seeds=self.seeds,
+            placement=harness.placement.name,
+            evaluation={k: harness.eval_kwargs[k] for k in ("apply_chat_template", "fewshot_as_multiturn")},
+        )
 
     def _run_key(self, kw: dict[str, Any]) -> str:
         """What makes a rerun "the same command" (and so resumes an interrupted run)."""

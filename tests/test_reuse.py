@@ -118,3 +118,21 @@ def test_a_failed_search_keeps_the_others(local_tasks: Path, tmp_path: Path):
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
     elsewhere = [*args[:-1], str(tmp_path / "out2")]
     assert f"{TASK}: reusing the cached search" in run_lm_eval(elsewhere, entry="oracle_cli").stdout
+
+
+def test_budgets_and_keep_initial_are_in_the_key(searched: tuple[dict, Path], local_tasks: Path, tmp_path: Path):
+    """A search cut short by max_evals is not reused by a run without the limit; keep_initial=false
+    does not reuse the keep_initial=true search; a search stopped by its time limit is not cached."""
+    cut, _ = run(local_tasks, tmp_path / "1", tmp_path / "cache", ",max_evals=2")
+    assert cut["source"] == "search" and cut["stop_reason"] == "max_evals" and cut["final_instruction"] == "Be quick."
+    full, _ = run(local_tasks, tmp_path / "2", tmp_path / "cache")
+    assert full["source"] == "search" and full["stop_reason"] == "completed"
+    assert full["final_instruction"] == "Focus on boolean_expressions."
+
+    first, cache = searched
+    papers, _ = run(local_tasks, tmp_path / "3", cache, ",keep_initial=false")
+    assert papers["source"] == "search" and papers["cache_entry"] != first["cache_entry"]
+
+    timed, proc = run(local_tasks, tmp_path / "4", cache, ",time_limit=0.000001")
+    assert timed["source"] == "search" and timed["stop_reason"] == "time_limit" and timed["cache_entry"] is None
+    assert f"{TASK}: the time limit stopped this search, so it is not cached" in proc.stdout

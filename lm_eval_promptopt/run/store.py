@@ -1,8 +1,8 @@
 """The instruction cache: a finished search, keyed by everything that can change its result.
 
 An entry is one JSON file named by the key's hash. It holds the key fields (readable), the
-outcome, and a checksum over both; an entry that does not parse, fails its checksum, or was
-written for another key is reported and ignored, never used.
+outcome, and a checksum over both; an entry that does not parse, is not a JSON object, fails its
+checksum, or was written for another key is reported and ignored, never used.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ class InstructionCache:
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
             problem = None
-            if entry.get("checksum") != digest({"key": entry.get("key"), "outcome": entry.get("outcome")}):
+            if not isinstance(entry, dict):
+                problem = f"not a JSON object (a {type(entry).__name__})"
+            elif entry.get("checksum") != digest({"key": entry.get("key"), "outcome": entry.get("outcome")}):
                 problem = "checksum mismatch (partial or edited file)"
             elif entry["key"] != plain(key):
                 problem = "written for another key"
