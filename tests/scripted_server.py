@@ -5,13 +5,13 @@ and answers each choice with `respond(body, sample)`, where `sample` is `seed + 
 (so one request with `n=8` and eight `n=1` requests with seeds `s..s+7` get the same answers).
 Failures can be scripted: `failures` is consumed one per request (an HTTP status such as 429
 or 500, None for a normal answer, "hang" to reply only after `hang_s` seconds, past the
-client's timeout, "empty" for an HTTP 200 answer whose every choice has empty content, or
-"no_choices" for one with `choices: []`); `fail_always` answers every later request with that
+client's timeout, "empty" for an HTTP 200 answer whose every choice has empty content,
+"no_choices" for one with `choices: []`, or "html" for an HTTP 200 HTML page); `fail_always` answers every later request with that
 action. `down_url()` is an endpoint where nothing listens (connection refused). `honour_n=False`
 answers one choice whatever `n` asks (like many local servers); `reject_n=True` refuses `n` > 1
 with HTTP 400. `delay_s` holds every answered request (HTTP 200) that long before it is
 sent, as a model's generation time would; failures and refusals are sent at once. Each request
-in `requests` notes when it was received and answered (`_received`, `_answered`:
+in `requests` notes its path with its query string (`_path`), when it was received and answered (`_received`, `_answered`:
 `time.perf_counter()`), so `max_in_flight()` tells how many were served at the same time. It
 stops on leaving the `with` block, or by itself after `lifetime_s` seconds.
 """
@@ -94,19 +94,21 @@ class ScriptedServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
-                entry = {**body, "_authorization": self.headers.get("Authorization"), "_received": time.perf_counter()}
+                entry = {**body, "_authorization": self.headers.get("Authorization"), "_path": self.path, "_received": time.perf_counter()}
                 with server.lock:
                     server.requests.append(entry)
                     action = server.failures.pop(0) if server.failures else server.fail_always
                 if action == "hang":
                     time.sleep(server.hang_s)
+                elif action == "html":  # a web page where the API should be (e.g. a proxy's login page)
+                    return self._send(200, "<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in to continue</body></html>")
                 elif action in ("empty", "no_choices"):
                     pass
                 elif action is not None:
                     # A 401 echoes the key it got, as some servers do: clients must not log it.
                     reason = f"invalid key {self.headers.get('Authorization')}" if int(action) == 401 else "scripted"
                     return self._send(int(action), {"error": {"message": f"failure {action}: {reason}", "type": "scripted"}})
-                if not self.path.endswith("/chat/completions"):
+                if not self.path.split("?")[0].endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": "not found"}})
                 if server.reject_n and int(body.get("n") or 1) > 1:
                     return self._send(400, {"error": {"message": "n must be 1", "type": "invalid_request_error"}})
@@ -139,11 +141,12 @@ class ScriptedServer:
                     },
                 )
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode("utf-8")
+            def _send(self, status: int, payload: dict[str, Any] | str) -> None:
+                html = isinstance(payload, str)
+                data = (payload if html else json.dumps(payload)).encode("utf-8")
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", "text/html; charset=utf-8" if html else "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     if status >= 400 and server.retry_after is not None:
                         self.send_header("Retry-After", server.retry_after)

@@ -36,14 +36,14 @@ def retry_lines(stderr: str) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(local_tasks: Path, tmp_path_factory: pytest.TempPathFactory):
     """`empty`: every answer has empty content. `breaks`: one good answer, then empty ones, at an
-    endpoint whose URL carries credentials. `down`: nothing listens."""
+    endpoint whose URL carries credentials (user-info and query string). `down`: nothing listens."""
     started: dict = {}
     with (
         ScriptedServer(fail_always="empty") as empty,
         ScriptedServer(edit_toward(f"Focus on {TASK.split('_', 3)[-1]}."), failures=[None], fail_always="empty") as breaks,
     ):
         cache = tmp_path_factory.mktemp("faults_cache")
-        secret_url = breaks.url.replace("http://", "http://probe:pw-URL-SECRET@")
+        secret_url = breaks.url.replace("http://", "http://probe:pw-URL-SECRET@") + "?api_key=q-URL-SECRET"
         started["empty"] = Background(
             gpo_args(local_tasks, f"optimizer_model=m,optimizer_base_url={empty.url},{SMALL}"),
             tmp_path_factory.mktemp("faults_empty"), entry="oracle_cli", OPENAI_API_KEY=OPENAI_KEY,
@@ -88,15 +88,17 @@ def test_an_endpoint_that_breaks_after_a_good_step_stops_with_no_proposals_and_l
     assert len(retry_lines(proc.stderr)) == 1
     server = runs["breaks_server"]
     assert len(server.requests) == 3  # step 1; step 2 and its one retry
-    # the URL's credentials reach the server (basic auth) but no file and no output
+    # the URL's credentials reach the server (basic auth, the query string on the right path) but no file and no output
     assert {r["_authorization"] for r in server.requests} == {"Basic " + base64.b64encode(b"probe:pw-URL-SECRET").decode()}
+    assert {r["_path"] for r in server.requests} == {"/v1/chat/completions?api_key=q-URL-SECRET"}
     files = [p for root in (runs["breaks"].out, runs["cache"]) for p in root.rglob("*") if p.is_file()]
     names = {p.name for p in files}
     assert {"prompt_optimization.json", f"{TASK}.json", f"{TASK}.jsonl"} <= names and any(n.startswith("results_") for n in names)
     assert len(list(runs["cache"].glob("*.json"))) == 1  # the cache entry
     for path in files:
-        assert "pw-URL-SECRET" not in path.read_text(encoding="utf-8", errors="replace"), path
-    assert "pw-URL-SECRET" not in proc.stdout + proc.stderr
+        text = path.read_text(encoding="utf-8", errors="replace")
+        assert "pw-URL-SECRET" not in text and "q-URL-SECRET" not in text, path
+    assert "URL-SECRET" not in proc.stdout + proc.stderr
     assert outcome["details"]["optimizer"]["base_url"] == runs["breaks_server"].url
 
 
@@ -124,3 +126,22 @@ def test_choices_empty_is_a_fault_and_a_key_goes_only_where_it_is_named(monkeypa
     (call,) = [e for e in records.entries if e.get("kind") == "optimizer_call"]
     assert [a["error"] for a in call["attempts"]] == ["no usable answer: no choices"] * 2 and call["unusable"]
     assert records.entries[-1]["kind"] == "gpo_stopped" and OPENAI_KEY not in json.dumps(records.entries)
+
+
+def test_an_html_page_is_one_line_naming_the_url_and_the_attempt_is_logged(tmp_path):
+    """HTTP 200 with an HTML page (a proxy's sign-in page, a web UI's URL): not retried, one line
+    naming the endpoint and what came back; the attempt is in the trajectory."""
+    with ScriptedServer(fail_always="html") as server:
+        problem, _, records = toy_problem(tmp_path)
+        config = GPOConfig(optimizer_model="m", optimizer_base_url=server.url + "?key=q-SECRET", retrieval="recency", max_retries=2)
+        with pytest.raises(OptimizerLLMError) as caught:
+            GPO(config).optimize(problem)
+    assert caught.value.detail.startswith(
+        f"toy: optimizer model 'm' at {server.url} failed (not retryable): HTTP 200 with a body that is not a chat completion: "
+        "'<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in to continue</body></html>' "
+        "(is it the API's base URL, e.g. ending in /v1?). Stopped at step 1 of 3"
+    )
+    assert len(server.requests) == 1
+    (call,) = [e for e in records.entries if e.get("kind") == "optimizer_call"]
+    assert call["base_url"] == server.url and call["attempts"] == [{"error": call["error"].split(" (is it")[0]}]
+    assert "q-SECRET" not in records.path.read_text()

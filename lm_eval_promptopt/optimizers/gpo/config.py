@@ -2,7 +2,8 @@
 
 Constructing a config reads nothing from the environment: whether the optimizer's API key is set
 and whether sentence-transformers is installed are checked by `GPO.preflight`, before the model
-loads. Credentials written into `optimizer_base_url` (`http://user:key@host`) are split off at
+loads. Credentials written into `optimizer_base_url` (`http://user:key@host`, or a query string
+such as `?api_key=k`) are split off at
 construction: the field keeps the URL without them (what results, caches and hashes hold), and
 `endpoint` the URL the requests go to.
 """
@@ -29,8 +30,8 @@ class GPOConfig:
     OpenAI-compatible endpoint (e.g. gpt-3.5-turbo, the paper's)."""
     optimizer_base_url: str | None = None
     """Endpoint of `optimizer_model` (default: the OpenAI API, or $OPENAI_BASE_URL). Credentials in
-    it (`http://user:key@host`) are used for the requests and stripped from the config, so that
-    nothing written or hashed holds them."""
+    it (`http://user:key@host`, its query string) are used for the requests and stripped from the
+    config, so that nothing written or hashed holds them."""
     api_key_env: str | None = None
     """Environment variable that holds the endpoint's API key (the key is never logged). Default:
     $OPENAI_API_KEY for the OpenAI API (or $OPENAI_BASE_URL), and no key for an

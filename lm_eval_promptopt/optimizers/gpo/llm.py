@@ -3,8 +3,9 @@
 Both send one user message and return `n` sampled completions. Every request and its response
 (or error) is passed to a `log` callback, in request order, with a stable `request_key` (a hash
 of the request): for audit, and so that a resume can find the answers it already paid for.
-The API key, and credentials written into the endpoint URL (`http://user:key@host`), are never
-logged: records and messages name the endpoint without them.
+The API key, and credentials written into the endpoint URL (`http://user:key@host`, or its
+query string: `http://host/v1?api_key=k`), are never logged: records and messages name the
+endpoint without them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from tqdm.auto import tqdm
 
@@ -81,13 +82,20 @@ class OptimizerLLMError(StageError):
 
 
 def redact_url(url: str | None) -> str | None:
-    """`url` without the credentials of its user-info part (`http://user:key@host` -> `http://host`)."""
+    """`url` without what may hold credentials: its user-info part and its query string
+    (`http://user:key@host/v1?api_key=k` -> `http://host/v1`)."""
     if not url:
         return url
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="", fragment=""))
+
+
+def split_query(url: str) -> tuple[str, dict[str, str]]:
+    """`url` without its query string, and the query's parameters: the client joins request paths
+    to the first and sends the second with every request (`/v1?k=x` + `chat/completions` would
+    otherwise become `/v1?k=xchat/completions`)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="", fragment="")), dict(parse_qsl(parts.query, keep_blank_values=True))
 
 
 def request_key(request: dict[str, Any]) -> str:
@@ -152,9 +160,10 @@ class OpenAIChat:
         self.base_url = redact_url(base_url)
         """The endpoint as records and messages name it (no credentials)."""
         password = urlsplit(base_url).password if base_url else None
-        self._secrets = [s for s in (api_key, password, unquote(password or "")) if s]
+        url, query = split_query(base_url) if base_url else (None, {})
+        self._secrets = [s for s in (api_key, password, unquote(password or ""), *query.values()) if s]
         # The client's own retries are off: this class retries, bounded and logged.
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=0)
+        self.client = openai.OpenAI(base_url=url, api_key=api_key or "unused", timeout=timeout, max_retries=0, default_query=query or None)
         self.timeout = timeout
         self.max_retries = max_retries
         self.concurrency = concurrency
@@ -235,12 +244,8 @@ class OpenAIChat:
                 failure = self._describe(err)
                 record["attempts"].append({"error": failure})
                 if not self._retryable(err) or attempt == self.max_retries:
-                    record["error"] = failure
-                    record["seconds"] = round(time.perf_counter() - start, 3)
                     tried = f"after {attempt + 1} attempt(s)" if self._retryable(err) else "(not retryable)"
-                    where = self.base_url or "the OpenAI API"
-                    message = f"optimizer model {self.model!r} at {where} failed {tried}: {failure}"
-                    raise _Failed(record, message, getattr(err, "status_code", None)) from None
+                    raise self._failed(record, start, failure, tried, getattr(err, "status_code", None)) from None
                 wait = self._wait(err, attempt)
                 record["attempts"][-1]["wait_s"] = wait
                 with self._lock:
@@ -248,6 +253,11 @@ class OpenAIChat:
                 self._tell_retrying(failure)
                 self.sleep(wait)
                 continue
+            if not hasattr(response, "choices"):  # a body that is not JSON (an HTML page): the wrong URL, not a transient fault
+                body = self._mask(" ".join(str(response).split()))
+                failure = f"HTTP 200 with a body that is not a chat completion: {body[:120]!r}{'...' if len(body) > 120 else ''}"
+                record["attempts"].append({"error": failure})
+                raise self._failed(record, start, f"{failure} (is it the API's base URL, e.g. ending in /v1?)", "(not retryable)", 200)
             choices = sorted(response.choices or [], key=lambda c: c.index)
             texts = [((c.message.content if c.message else None) or "") for c in choices]
             usage = response.usage
@@ -274,6 +284,13 @@ class OpenAIChat:
             record["seconds"] = round(time.perf_counter() - start, 3)
             return texts, record
         raise AssertionError("unreachable")
+
+    def _failed(self, record: dict[str, Any], start: float, failure: str, tried: str, status: int | None) -> _Failed:
+        """The request's final failure: its record completed, and the one-line message."""
+        record["error"] = failure
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        where = self.base_url or "the OpenAI API"
+        return _Failed(record, f"optimizer model {self.model!r} at {where} failed {tried}: {failure}", status)
 
     @staticmethod
     def _retryable(err: Exception) -> bool:
@@ -310,9 +327,13 @@ class OpenAIChat:
     def _describe(self, err: Exception) -> str:
         status = getattr(err, "status_code", None)
         text = f"{type(err).__name__}" + (f" (HTTP {status})" if status else "") + f": {err}"
+        return " ".join(self._mask(text).split())[:500]
+
+    def _mask(self, text: str) -> str:
+        """`text` with the key and the URL's credentials masked."""
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return " ".join(text.split())[:500]
+        return text
 
 
 class SelfLM:
