@@ -37,12 +37,23 @@ def main(argv: list[str] | None = None) -> None:
     @group.command("show", help="Print per-task instructions, scores, stop reasons and cost of a run; write its plot.")
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
     def show(run_dir: Path) -> None:
+        from .run.folder import unfinished
         from .run.report import describe, plot_dev_scores
 
-        path = run_dir / "prompt_optimization.json"
+        path, status = run_dir / "prompt_optimization.json", unfinished(run_dir)
+        if status:
+            click.echo(status)
         if not path.is_file():
+            if status:  # an unfinished run before its first finished search
+                click.echo("no task's search has finished yet; each unfinished search is saved up to its last completed step")
+                return
             raise click.ClickException(f"{run_dir} has no prompt_optimization.json: pass a run's prompt_optimization_<date> folder")
-        section = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            section = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise click.ClickException(f"{path} is not valid JSON ({err}): a partial or edited file") from None
+        if not isinstance(section, dict) or not isinstance(section.get("tasks"), dict):
+            raise click.ClickException(f"{path} is not a prompt_optimization.json (no tasks): pass a run's prompt_optimization_<date> folder")
         click.echo(describe(section))
         plot = plot_dev_scores(section, run_dir / "dev_scores.png")
         click.echo(f"plot: {plot}" if plot else "plot: none (no optimize-dev scores: given prompts are not scored)")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shlex
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -132,6 +131,7 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
     from .options import parse_optimize_args
     from .pipeline import OptimizeRun
     from .run.processes import ProcessGroup
+    from .harness.setup import check_model_paths
     from .harness.splits import resolve_split
     from .run.store import InstructionCache, default_cache_dir
     from .run.transfer import read_source
@@ -159,6 +159,7 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
             raise PromptOptError("the initial instruction is given twice: pass either --system_instruction or --optimize_args instruction=..., not both")
         checks = optimizer_cls(config)  # before lm-eval's set-up, the model load and any paid call
         checks.check_model(_lm_eval_setting(args, "model", "hf"))
+        check_model_paths(_lm_eval_setting(args, "model_args"))
         checks.preflight()
         check_output_folder(_lm_eval_setting(args, "output_path"))
         include = [str(task_configs_dir())]
@@ -185,8 +186,9 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
         if run is not None:
             run.finish("interrupted")
         if run is None or run.is_main:
-            command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-            print(f"\nlm_eval: interrupted; {run.interrupted() if run else 'nothing was saved yet'}. Resume with the same command: {command}", file=sys.stderr)
+            from .run.folder import command_line
+
+            print(f"\nlm_eval: interrupted; {run.interrupted() if run else 'nothing was saved yet'}. Resume with the same command: {command_line()}", file=sys.stderr)
         sys.exit(130)
     except Exception:
         if run is not None:

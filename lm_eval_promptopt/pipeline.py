@@ -19,6 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .errors import PromptOptError, StageError
+from .harness.context import check_fits
 from .harness.objective import Objective, TaskSplits, group_metric, primary_metric
 from .harness.prompting import Placement, bind_instruction, detect_placement
 from .harness.setup import apply_task_overrides, build_lm, evaluation_kwargs, limited, quiet_harness, root_items, seed_everything
@@ -92,6 +93,7 @@ class OptimizeRun:
         with self._phase("model load"):  # after the tasks and their plans: a bad size fails before it
             harness.lm = build_lm(kw)
         harness.placement = detect_placement(harness.lm, kw.get("apply_chat_template", False))
+        self._check_context(harness)
         self._search_all(group, harness)
         if group.size > 1 and harness.lm.world_size == 1 and not self.is_main:
             return None  # the model is not data-parallel here (e.g. on CPU): the main process evaluates
@@ -136,6 +138,17 @@ class OptimizeRun:
         if self.given_prompts is not None and self.given_source is not None:
             self.transfer = check_transfer(self.given_source, self.given_prompts, plans, self.options.exclude_source_docs)
         return Harness(kw, loaded, splits, plans, evaluation_kwargs(kw))
+
+    def _check_context(self, harness: Harness) -> None:
+        """Refuse an instruction known before the searches (initial, candidates, given) that does not
+        fit the model's context with the task's first held-out doc."""
+        listed = self.config.instructions() if hasattr(self.config, "instructions") else []
+        initial = self.initial_instruction(harness.kw)
+        for name, task in harness.loaded["tasks"].items():
+            heldout = harness.plans[name].heldout
+            doc = harness.splits[name].docs(heldout.split)[heldout.indices[0]]
+            instructions = [self.given_prompts[name]] if self.given_prompts is not None else [initial, *listed]
+            check_fits(name, task, doc, instructions, harness.lm, harness.placement, harness.eval_kwargs, harness.kw.get("fewshot_random_seed"))
 
     def _search_all(self, group: ProcessGroup, harness: Harness) -> None:
         """Each process searches its shard of the tasks; every process then has every outcome.

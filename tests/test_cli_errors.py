@@ -33,6 +33,10 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str, code: i
             ["the initial instruction is given twice: pass either --system_instruction or --optimize_args instruction=..., not both"],
         ),
         (
+            ["--model_args", "pretrained=/no/such/model,tokenizer=gpt2", "--optimize", "none"],
+            ["--model_args pretrained=/no/such/model: no such file or folder (a local path; a Hugging Face repo id reads org/name)"],
+        ),
+        (
             ["--optimize", "gpo", "--optimize_args", "retrieval=none,steps=0"],
             ["steps must be at least 1 (leave it out for the paper's count from epochs and batch)"],
         ),
@@ -49,8 +53,9 @@ def test_unknown_task_is_a_clear_error():
 
 
 def test_model_load_failure_is_one_line_with_its_exit_code(tmp_path):
+    (tmp_path / "empty").mkdir()  # a folder that holds no model
     proc = run_lm_eval(
-        ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'missing'}", "--device", "cpu",
+        ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'empty'}", "--device", "cpu",
          "--tasks", "planted_first", "--optimize", "none", "--output_path", str(tmp_path)],  # (its data is local: tasks load first)
         check=False,
     )
@@ -90,3 +95,19 @@ def test_help_of_every_entry_point_shows_the_group():
         assert "prompt optimization:" in proc.stdout and "--optimize_args" in proc.stdout
     top = subprocess.run([str(Path(sys.executable).with_name("lm-eval-promptopt")), "--help"], capture_output=True, text=True)
     assert "run" in top.stdout and "lm_eval run" in top.stdout
+
+
+def test_an_instruction_longer_than_the_context_is_refused_before_the_search(tiny_model: Path, tmp_path: Path):
+    """lm-eval would cut the prompt from the left (the model seeing the instruction's end while the
+    records hold all of it): one line names the task, the instruction and the sizes, exit 2."""
+    long = "Think about every item of the list very carefully before you answer. " * 8
+    proc = run_lm_eval(
+        ["--model", "hf", "--model_args", f"pretrained={tiny_model},max_length=64", "--device", "cpu", "--gen_kwargs", "max_gen_toks=8",
+         "--tasks", "planted_first", "--optimize", "candidates", "--optimize_args", f"candidates=Be brief.|{long.strip()},train_size=0,dev_size=4",
+         "--output_path", str(tmp_path)],
+        check=False,
+    )  # fmt: skip
+    assert_clean_error(proc, "planted_first: the instruction 'Think about every item of the list very carefully before ...' (")
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "over the 56 the model takes (max_length 64, less the tokens to generate): lm-eval would cut it from the left" in line
+    assert not list(tmp_path.glob("*/prompt_optimization_*/trajectories/*"))  # refused before any search

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -144,6 +145,11 @@ def test_a_second_live_run_is_refused_ctrl_c_saves_and_resume_works(local_tasks:
         (line,) = [line for line in stopped.stderr.splitlines() if line.startswith("lm_eval: interrupted")]
         assert f"saved in {run_dir}" in line and "Resume with the same command: oracle_cli.py run --model oracle" in line
         assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+        shown = subprocess.run([*lm_eval_command("lm-eval-promptopt"), "show", str(run_dir)], capture_output=True, text=True)
+        assert shown.returncode == 0 and shown.stdout.splitlines() == [
+            f"interrupted: resume with: oracle_cli.py run {shlex.join(args)}",
+            "no task's search has finished yet; each unfinished search is saved up to its last completed step",
+        ], shown.stdout + shown.stderr
 
         resumed = Live(args, {**env, "GATE_DIR": str(gate2)}, tmp_path / "resumed")
         both.append(resumed)

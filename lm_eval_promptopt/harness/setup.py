@@ -47,6 +47,32 @@ def build_lm(kw: dict[str, Any]) -> Any:
     return lm
 
 
+PATH_ARGS = ("pretrained", "tokenizer", "peft")
+"""`--model_args` keys that name a model's files: a local folder, or a Hugging Face repo id."""
+
+
+def looks_local(value: str) -> bool:
+    """Whether `value` is a path rather than a repo id (`org/name`): absolute, `./`, `../`, `~`, or
+    more than one `/`."""
+    return value in (".", "..") or value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+
+
+def check_model_paths(model_args: str | dict[str, Any] | None) -> None:
+    """Refuse a local-looking model path that does not exist, naming it, before anything loads
+    (Hugging Face would otherwise try it as a repo id after the slow set-up)."""
+    from pathlib import Path
+
+    from lm_eval.utils import simple_parse_args_string
+
+    from ..errors import PromptOptError
+
+    args = model_args if isinstance(model_args, dict) else simple_parse_args_string(model_args or "")
+    for key in PATH_ARGS:
+        value = args.get(key)
+        if isinstance(value, str) and looks_local(value) and not Path(value).expanduser().exists():
+            raise PromptOptError(f"--model_args {key}={value}: no such file or folder (a local path; a Hugging Face repo id reads org/name)")
+
+
 def unwrap(lm: Any) -> Any:
     """The model behind `--use_cache`'s `CachingLM` (the model itself otherwise)."""
     return getattr(lm, "lm", lm)
