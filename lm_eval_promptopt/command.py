@@ -63,8 +63,8 @@ def add_argument_group(parser: argparse.ArgumentParser) -> None:
         "--optimize_cache",
         default=None,
         metavar="<dir>",
-        help="Instruction cache: a search with the same model, task config, optimizer config, split "
-        "plan and seeds is reused instead of run again (default: instructions/ under "
+        help="Instruction cache: a search with the same model, task config, optimizer config, budgets, "
+        "split plan and seeds is reused instead of run again (default: instructions/ under "
         "$LM_EVAL_PROMPTOPT_CACHE, else under ~/.cache/lm_eval_promptopt).",
     )
     group.add_argument(
