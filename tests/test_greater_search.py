@@ -109,7 +109,7 @@ def stopped(planted_lm: HFLM, tmp_path_factory: pytest.TempPathFactory) -> Run:
     folder = tmp_path_factory.mktemp("stop_task")
     (folder / "planted_largest_stop.yaml").write_text(STOP_TASK.format(planted=planted.TASK_DIR), encoding="utf-8")
     task = load(folder, "planted_largest_stop")
-    return search_and_reference(planted_lm, task, "planted_largest_stop", [" take", "<|end|>"], extractor="take")
+    return search_and_reference(planted_lm, task, "planted_largest_stop", [" take", "<|end|>"], steps=8, extractor="take")
 
 
 @pytest.fixture(scope="module")
