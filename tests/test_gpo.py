@@ -515,6 +515,29 @@ def test_choose_rule():
     assert choose([], {"A"}) is None  # nothing parsed: keep the current one
 
 
+def test_equal_dev_scores_are_taken_in_sampling_order_inside_the_loop(tmp_path):
+    """Every sample alternates "Zebra focus." and "Apple task." (0.1 each on the toy objective):
+    the step takes the first sampled, not the first in sorted order."""
+    alternate = lambda body, sample: f"<START>{('Zebra focus.', 'Apple task.')[sample % 2]}<END>"  # noqa: E731
+    with ScriptedServer(alternate) as server:
+        result, _, _ = run_gpo(server, tmp_path, steps=2)
+    assert [t["instruction"] for t in result.details["trajectory"]] == ["Let's think step by step.", "Zebra focus.", "Apple task."]
+
+
+def test_the_final_choice_breaks_ties_to_the_earliest_entry(tmp_path):
+    """Step 1 moves to "Zebra focus.", step 2 to "Apple task." (0.1 each, one proposal per step):
+    the result is the earlier of the two."""
+    def respond(body, sample):
+        current, _ = current_and_budget(body["messages"][-1]["content"])
+        return "<START>Apple task.<END>" if current == "Zebra focus." else "<START>Zebra focus.<END>"
+
+    with ScriptedServer(respond) as server:
+        result, _, _ = run_gpo(server, tmp_path, steps=2)
+    trajectory = result.details["trajectory"]
+    assert [(t["instruction"], t["dev_score"]) for t in trajectory[1:]] == [("Zebra focus.", 0.1), ("Apple task.", 0.1)]
+    assert result.instruction == "Zebra focus." and result.details["best_step"] == 1
+
+
 def test_unparsable_output_is_retried_then_an_error_and_failures_stop_with_the_log(tmp_path):
     with ScriptedServer(lambda body, sample: "<START> <END>") as server:
         with pytest.raises(OptimizerLLMError, match=r"gave no usable proposal: .* \(after 1 retries\)\. Stopped at step 1 of 3"):

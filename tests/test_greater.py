@@ -120,7 +120,7 @@ def test_proposal_masks_and_growth(lm, tasks):
     assert not any(mask[i] for i in tok.all_special_ids)
     for pos in range(len(prompt)):
         candidates = opt.scorer.propose(prompt, pos, random.Random(pos))
-        assert len(candidates) >= 6  # k grew from 1 by 2 until the union had 6 tokens
+        assert len(candidates) >= 6  # k grew from 1 until the union had 6 tokens (by 2: test_greater_search.py)
         assert prompt[pos] in candidates
         others = [c for c in candidates if c != prompt[pos]]
         assert all(mask[c] for c in others)
@@ -179,31 +179,12 @@ def run_greater(lm, task, name=TASK, seed=0, steps=3, **config):
     return Greater(GreaterConfig(**settings)).optimize(problem)
 
 
-def test_every_step_follows_the_selection_and_position_rules(lm, tasks):
-    result = run_greater(lm, tasks[TASK], steps=6)
+def test_one_batched_backward_per_step(lm, tasks):
+    """The gradient over all train examples in one backward where the batch cap allows it (the
+    search's rules, step by step: test_greater_search.py)."""
+    result = run_greater(lm, tasks[TASK], steps=2)
     steps = [s for s in result.details["steps"] if "step" in s]
-    assert len(steps) == 6
-    initial_length = len(lm.tokenizer.encode(Greater.default_instruction[3:], add_special_tokens=False))
-    for step, following in zip(steps, steps[1:]):
-        ranked = [(r["instruction"], r["criterion"], r["token"]) for r in step["ranked"]]
-        assert 1 <= len(ranked) <= 3
-        assert step["chosen"] == select(ranked, step["position"], initial_length)
-        assert step["counters"]["backward_passes"] == 1  # one batched backward over all examples
-        grown = len(lm.tokenizer.encode(following["chosen"], add_special_tokens=False)) > len(lm.tokenizer.encode(step["chosen"], add_special_tokens=False))
-        if step["criterion"] < 0.12:
-            assert following["position"] == 0
-        elif not grown:
-            assert following["position"] in (step["position"] + 1, 0)
-
-
-def test_final_choice_is_the_best_dev_score_of_the_top_prompts(lm, tasks):
-    result = run_greater(lm, tasks[TASK], steps=4)
-    top = result.details["top_prompts"]
-    assert 1 <= len(top) <= 10
-    chosen = [s["chosen"] for s in result.details["steps"] if "step" in s]
-    assert {t["instruction"] for t in top} <= set(chosen)
-    best = max(top, key=lambda t: (t["dev_score"], -t["train_criterion"]))  # ties: the lower criterion
-    assert result.instruction == best["instruction"]
+    assert [s["counters"]["backward_passes"] for s in steps] == [1, 1]
 
 
 def test_same_seed_same_result_and_tasks_are_independent(lm, tasks):
