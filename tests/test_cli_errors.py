@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,15 @@ def test_help_of_every_entry_point_shows_the_group():
         assert "prompt optimization:" in proc.stdout and "--optimize_args" in proc.stdout
     top = subprocess.run([str(Path(sys.executable).with_name("lm-eval-promptopt")), "--help"], capture_output=True, text=True)
     assert "run" in top.stdout and "lm_eval run" in top.stdout
+
+
+def test_help_metric_example_works_as_printed():
+    """`lm_eval run --help` shows the metric setting with the quotes its comma needs: pasted into a
+    shell, the example sets that metric (unquoted, `metric=a,b` splits into `metric=a` and a bad `b`)."""
+    from lm_eval_promptopt.options import split_pairs
+
+    proc = subprocess.run([str(Path(sys.executable).with_name("lm_eval")), "run", "--help"], capture_output=True, text=True)
+    examples = [word for word in proc.stdout.split() if word.startswith("'metric=")]
+    assert examples, "the help shows a quoted metric example"
+    (argument,) = shlex.split(examples[0].rstrip(";,)"))
+    assert split_pairs(argument) == {"metric": "exact_match,flexible-extract"}
