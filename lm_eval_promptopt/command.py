@@ -171,7 +171,9 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
         run = OptimizeRun(optimizer_cls, config, options, cache=None if given else cache, given_prompts=given, given_source=source)
         from lm_eval.evaluator import simple_evaluate as stock
 
-        with _simple_evaluate_replaced(lambda **kw: run.simple_evaluate(stock, **kw)):
+        from .harness.quiet import quiet_run
+
+        with _simple_evaluate_replaced(lambda **kw: run.simple_evaluate(stock, **kw)), quiet_run():
             try:
                 stock_execute(args)
             except ValueError as err:
