@@ -72,10 +72,19 @@ def main() -> None:
     print(f"\ndemo: lm_eval finished in {time.time() - started:.0f} s")
     print(f"demo: results JSON (lm-eval's, with a prompt_optimization section): {results}")
     if run_dir is not None:
-        print(f"demo: trajectories (every instruction scored): {run_dir / 'trajectories'}/")
-        print(f"demo: chosen instruction per task: {run_dir / 'optimized_prompts.json'}")
-        print(f"demo: optimize-dev scores plot: {run_dir / 'dev_scores.png'}")
-        print(f"demo: baseline-vs-optimized table: {run_dir / 'baseline_vs_optimized.md'}")
+        print("\n".join(output_lines(run_dir)))
+
+
+def output_lines(run_dir: Path) -> list[str]:
+    """Where the run's files are; the plot only where the run wrote one (cached searches score nothing)."""
+    plot = run_dir / "dev_scores.png"
+    return [
+        f"demo: trajectories (every instruction scored): {run_dir / 'trajectories'}/",
+        f"demo: chosen instruction per task: {run_dir / 'optimized_prompts.json'}",
+        f"demo: optimize-dev scores plot: {plot}" if plot.is_file()
+        else "demo: no optimize-dev scores plot: the searches came from the cache (the run that searched them wrote one)",
+        f"demo: baseline-vs-optimized table: {run_dir / 'baseline_vs_optimized.md'}",
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""What a plain `--optimize` run records and prints, and the leaderboard's gates and inputs, on real
-runs of the tiny model on two planted tasks (issue 21: --limit, output noise, --output_path NAME.json,
-gate tolerance and missing baselines, wrong-shape JSON, a prompts file copied away from its run)."""
+"""What a plain `--optimize` run records and prints, and the leaderboard's gates, inputs and chart, on
+real runs of the tiny model on two planted tasks (issue 21: --limit, output noise, --output_path
+NAME.json, gate tolerance and missing baselines, wrong-shape JSON, a prompts file copied away from its
+run, what the dev-score plot and the chart say, the demo's file list after cached searches)."""
 
 from __future__ import annotations
 
+import html
+import importlib.util
 import json
 import os
 import re
@@ -16,7 +19,8 @@ from conftest import OFFLINE, REPO, lm_eval_command
 
 from lm_eval_promptopt.cli import main
 from lm_eval_promptopt.run.board import UNCHECKED_MARK
-from lm_eval_promptopt.run.leaderboard import scores_table
+from lm_eval_promptopt.run.leaderboard import leaderboard, render, scores_table
+from lm_eval_promptopt.run.report import dev_plot_labels
 
 TASKS = "planted_largest,planted_first"
 METRIC = "exact_match,get-answer"
@@ -159,3 +163,41 @@ def test_prompts_copied_away_from_their_run_are_flagged(runs: dict, capsys):
     assert sorted(f.split(":")[0] for f in flags) == ["- planted_first", "- planted_largest"] and "flag:" in err
     code, text, _ = cli([runs["given"], "--format", "csv"], capsys)
     assert all("unchecked source" in line for line in text.splitlines()[1:])
+
+
+def test_dev_plot_says_what_is_plotted():
+    greater = dev_plot_labels("greater")
+    assert "per step" not in greater["title"] and "top-10 prompts, scored at the end" in greater["title"]
+    assert "initial instruction first" in greater["title"] and greater["xlabel"].startswith("harness evaluation on optimize-dev")
+    assert "each candidate" in dev_plot_labels("candidates")["title"] and "each step's new candidates" in dev_plot_labels("gpo")["title"]
+
+
+def test_leaderboard_chart_keeps_labels_whole_and_says_when_task_counts_differ(runs: dict):
+    one_task = _variant(runs, "one_task", stderr=0.05, delta=0.1)
+    data = json.loads(one_task.read_text())
+    data["model_name"] += "-one-task"  # a row of its own
+    one_task.write_text(json.dumps(data))
+    board = leaderboard([one_task, runs["results"]])
+    page = render(board, "html")
+    svg = page[page.index('<svg id="chart"'): page.index("</svg>")]
+    assert 'style="overflow: visible"' in svg.split(">")[0]
+    labels = re.findall(r'<text class="label" x="(\d+)"[^>]*>([^<]*)</text>', svg)
+    assert [x for x, _ in labels] == ["0", "0"], "left-aligned at the chart's edge: nothing to their left to cut"
+    for row, (_, text) in zip(board.rows, labels):
+        assert text.startswith(html.escape(row.label)) and "…" not in text, "the whole label"
+    assert sorted(text.rsplit("(", 1)[1] for _, text in labels) == ["mean of 1 task)", "mean of 2 tasks)"]
+    assert "rows have different numbers of tasks" in page
+    assert "different numbers" not in render(leaderboard([runs["results"]]), "html")
+
+
+def test_demo_names_the_plot_only_where_the_run_wrote_one(runs: dict):
+    spec = importlib.util.spec_from_file_location("demo", REPO / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    searched = Path(json.loads(runs["results"].read_text())["prompt_optimization"]["run_dir"])
+    (again,) = (runs["root"] / "again").rglob("results_*.json")
+    cached = Path(json.loads(again.read_text())["prompt_optimization"]["run_dir"])
+    assert f"demo: optimize-dev scores plot: {searched / 'dev_scores.png'}" in demo.output_lines(searched)
+    assert not (cached / "dev_scores.png").exists()
+    assert not any("dev_scores.png" in line for line in demo.output_lines(cached))
+    assert any("no optimize-dev scores plot: the searches came from the cache" in line for line in demo.output_lines(cached))
