@@ -1,7 +1,7 @@
 """Demo: optimize-then-evaluate on the planted-instruction benchmark, offline, in a few minutes on CPU.
 
-Gets the planted model (trained once, with a progress bar: about 2 minutes on 2 idle CPU cores,
-up to ~13 under load; then cached; see benchmarks/planted): a tiny LM whose answer
+Gets the planted model (trained once, with a progress bar and its estimate: about 2 minutes on 2
+idle CPU cores, an hour or more on a busy machine; then cached; see benchmarks/planted): a tiny LM whose answer
 depends on whether the instruction holds a keyword of the task's op ("largest", "first", ...).
 Without one it scores about a third. Then it
 runs the stock `lm_eval` command with `--optimize greater` from a neutral instruction: GReaTer
@@ -50,7 +50,7 @@ def main() -> None:
     if not ops or not set(ops) <= set(planted.OPS):
         sys.exit(f"demo: --ops takes a comma-separated list of {', '.join(planted.OPS)}")
 
-    print("demo: the planted model (trained on the first run, about 2 minutes on 2 idle CPU cores, up to ~13 under load, then cached) ...", flush=True)
+    print("demo: the planted model (trained on the first run: about 2 minutes on 2 idle CPU cores, an hour or more on a busy machine; then cached) ...", flush=True)
     model = planted.planted_model()
     out.mkdir(parents=True, exist_ok=True)
     command = [

@@ -347,7 +347,7 @@ def training_progress() -> Iterator[Any]:
     from torch.optim.optimizer import register_optimizer_step_post_hook
     from tqdm.auto import tqdm
 
-    desc = "training the planted model once (cached after; 2 min on 2 idle cores, several times that under load)"
+    desc = "training the planted model once, then cached (2 min on 2 idle cores; an hour or more on a busy machine)"
     bar = tqdm(total=int(TRAIN_CONFIG["steps"]), desc=desc, unit="step", smoothing=0)
     handle = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: bar.update(1))
     try:
