@@ -39,13 +39,13 @@ or, for `--output_path NAME.json`, after `NAME`."""
 
 
 def find_results(paths: list[Path]) -> list[Path]:
-    """The results JSONs given, every `*_<date>.json` under the folders given, and for a
+    """The results JSONs given, every `results_*.json` or `*_<date>.json` under the folders given, and for a
     `NAME.json` that does not exist, the `NAME_<date>.json` files lm-eval wrote for that
     `--output_path`."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*.json") if DATED.search(p.name))
+            found += sorted(p for p in path.rglob("*.json") if p.name.startswith("results_") or DATED.search(p.name))
         elif path.is_file():
             found.append(path)
         elif path.suffix == ".json" and (dated := sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}_*.json") if DATED.match(p.name[len(path.stem):]))):
