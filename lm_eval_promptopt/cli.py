@@ -59,19 +59,29 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"plot: {plot}" if plot else "plot: none (no optimize-dev scores: given prompts are not scored)")
 
     @group.command("leaderboard", help="One models x tasks table over results JSONs (or folders of them); exit 1 on a failed gate.")
-    @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+    @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))  # NAME.json: lm-eval wrote NAME_<date>.json
     @click.option("--format", "form", type=click.Choice(["md", "csv", "html", "json"]), default="md", show_default=True)
     @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of printing.")
     @click.option("--fail-under", multiple=True, metavar="TASK=VALUE", help="Exit 1 if a row scores under VALUE on TASK (repeatable).")
-    @click.option("--fail-on-regression", is_flag=True, help="Exit 1 if any optimized score is below its baseline.")
-    def leaderboard_command(paths: tuple[Path, ...], form: str, out: Path | None, fail_under: tuple[str, ...], fail_on_regression: bool) -> None:
-        from .run.leaderboard import gate, leaderboard, parse_threshold, render
+    @click.option("--fail-on-regression", is_flag=True,
+                  help="Exit 1 if an optimized score is below its baseline by more than --regression-tolerance; "
+                       "rows without a baseline are listed (not failed).")  # fmt: skip
+    @click.option("--regression-tolerance", default="1se", show_default=True, metavar="Nse|POINTS",
+                  help="How far below its baseline a score may be: N times the optimized score's stderr (as lm-eval "
+                       "reports it; none reported: 0), or score points (e.g. 0.01).")  # fmt: skip
+    @click.option("--require-baseline", is_flag=True, help="Exit 1 if an optimized row has no baseline (compare_baseline=true).")
+    def leaderboard_command(paths: tuple[Path, ...], form: str, out: Path | None, fail_under: tuple[str, ...],
+                            fail_on_regression: bool, regression_tolerance: str, require_baseline: bool) -> None:  # fmt: skip
+        from .run.leaderboard import gate, leaderboard, parse_threshold, parse_tolerance, render
 
         try:
             thresholds = [parse_threshold(t) for t in fail_under]
+            tolerance = parse_tolerance(regression_tolerance)
             board = leaderboard(list(paths))
-        except PromptOptError as err:
-            raise click.UsageError(str(err)) from None
+        except PromptOptError as err:  # one line, exit 2 (1 is a failed gate)
+            failure = click.ClickException(str(err))
+            failure.exit_code = err.exit_code
+            raise failure from None
         text = render(board, form)
         if out is None:
             click.echo(text, nl=False)
@@ -81,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(f"leaderboard: {len(board.rows)} rows x {len(board.columns)} columns -> {out}", err=True)
         for flag in board.flags:
             click.echo(f"leaderboard: flag: {flag}", err=True)
-        problems = gate(board, thresholds, fail_on_regression)
+        problems, notes = gate(board, thresholds, fail_on_regression, tolerance, require_baseline)
+        for note in notes:
+            click.echo(f"leaderboard: note: {note}", err=True)
         for problem in problems:
             click.echo(f"leaderboard: FAIL: {problem}", err=True)
         if problems:

@@ -54,7 +54,8 @@ def add_argument_group(parser: argparse.ArgumentParser) -> None:
             seed (split and search seed, default 0), train_size / dev_size (per task; default by
             task family, see README), instruction (initial instruction), compare_baseline=true
             (also evaluate held-out with the initial instruction and print the difference),
-            metric=metric,filter (objective; default: what the task's group aggregates).
+            metric (objective as metric,filter, quoted for its comma, e.g.
+            'metric="exact_match,flexible-extract"'; default: what the task's group aggregates),
             refresh=true (search again despite a cached search). Optimizer settings: see README
             (candidates: file=PATH or candidates='A|B|C'; greater: steps, topk, topq, ...)."""
         ),
@@ -171,7 +172,9 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
         run = OptimizeRun(optimizer_cls, config, options, cache=None if given else cache, given_prompts=given, given_source=source)
         from lm_eval.evaluator import simple_evaluate as stock
 
-        with _simple_evaluate_replaced(lambda **kw: run.simple_evaluate(stock, **kw)):
+        from .harness.quiet import quiet_run
+
+        with _simple_evaluate_replaced(lambda **kw: run.simple_evaluate(stock, **kw)), quiet_run():
             try:
                 stock_execute(args)
             except ValueError as err:

@@ -11,18 +11,20 @@ the real `simple_evaluate` on the held-out docs with each task bound to its own 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import PromptOptError, StageError
 from .harness.context import check_fits
 from .harness.objective import Objective, TaskSplits, group_metric, primary_metric
 from .harness.prompting import Placement, bind_instruction, detect_placement
-from .harness.setup import apply_task_overrides, build_lm, evaluation_kwargs, limited, quiet_harness, root_items, seed_everything
+from .harness.setup import apply_task_overrides, build_lm, evaluation_kwargs, limited, limited_plan, quiet_harness, root_items, seed_everything
 from .harness.splits import SplitPlan, plan_splits
 from .optimizers.base import Optimizer, Problem
 from .options import RunOptions
@@ -159,7 +161,8 @@ class OptimizeRun:
         initial = self.initial_instruction(harness.kw)
         failures: dict[str, str] = {}
         bar = tqdm(group.shard(list(harness.loaded["tasks"])), desc=f"optimize ({self.optimizer_cls.name})" + group.label, unit="task", position=group.rank)
-        with group.local(harness.lm):  # each process searches on its own model copy, without collectives
+        # lines printed or logged during the search go above the progress bars, not onto them
+        with group.local(harness.lm), logging_redirect_tqdm(loggers=[logging.getLogger("lm_eval"), logging.getLogger("lm_eval_promptopt")]):
             for name in bar:
                 bar.set_postfix_str(name)
                 try:
@@ -196,6 +199,9 @@ class OptimizeRun:
         instruction (with compare_baseline, `evaluate()` with the initial ones first)."""
         kw, loaded, lm, placement = harness.kw, harness.loaded, harness.lm, harness.placement
         samples = {o.task: limited(list(harness.plans[o.task].heldout.indices), kw.get("limit")) for o in self.outcomes}
+        if kw.get("limit") is not None:  # the record lists what was evaluated
+            for outcome in self.outcomes:
+                outcome.plan = limited_plan(outcome.plan, samples[outcome.task], kw["limit"])
         metrics = {o.task: o.metric for o in self.outcomes}
         metrics.update({name: group_metric(g) for name, g in loaded["groups"].items() if group_metric(g)})
         baseline = None
@@ -218,6 +224,7 @@ class OptimizeRun:
         fill_tracker(kw.get("evaluation_tracker"), instructions, kw["model"], kw.get("model_args"), self.run_dir.parent.name)
         if isinstance(kw["model"], str):  # name the model as a stock run does, not the LM class
             results["config"]["model"] = kw["model"]
+        results["config"]["limit"] = kw.get("limit")  # lm-eval evaluated our `samples`, so it recorded none
         if baseline is not None:
             self.comparison = comparison_rows(baseline, results, metrics)
         results["prompt_optimization"] = self.section()
@@ -241,13 +248,13 @@ class OptimizeRun:
         checkpoint = Checkpoint(self.run_dir / "state" / f"{name}.json", digest(key))
         saved = checkpoint.load() or {}
         if "outcome" in saved:  # finished before the interruption
-            print(f"lm_eval_promptopt: {name}: search finished in the interrupted run; reusing it")
+            tqdm.write(f"lm_eval_promptopt: {name}: search finished in the interrupted run; reusing it")
             return TaskOutcome(**saved["outcome"])
         cached = None if self.cache is None or self.options.refresh else self.cache.lookup(key)
         if cached is not None:
             entry = str(self.cache.path(key))
             Trajectory(trajectory_path).append({"kind": "cache_hit", "cache_entry": entry, "instruction": cached["final_instruction"]})
-            print(f"lm_eval_promptopt: {name}: reusing the cached search {entry} (refresh=true searches again)")
+            tqdm.write(f"lm_eval_promptopt: {name}: reusing the cached search {entry} (refresh=true searches again)")
             kept = {k: cached[k] for k in ("final_instruction", "initial_dev_score", "final_dev_score", "stop_reason", "evaluations", "wall_time_s", "details")}
             return TaskOutcome(**common, **kept, trajectory_file=str(trajectory_path), source="cache", cache_entry=entry)
         searched = self._search(name, harness, optimizer, initial, metric, checkpoint, trajectory_path, common)
@@ -284,7 +291,7 @@ class OptimizeRun:
         )
         objective.preload(log.previous)
         if log.resumed is not None:
-            print(f"lm_eval_promptopt: {name}: resuming after step {log.steps_done} ({checkpoint.path})")
+            tqdm.write(f"lm_eval_promptopt: {name}: resuming after step {log.steps_done} ({checkpoint.path})")
             log.record({"kind": "resumed", "after_step": log.steps_done})
         problem = Problem(name, harness.lm, harness.plans[name], objective, initial, opts.seed, log)
         initial_score = problem.score(initial, "dev")
@@ -292,7 +299,7 @@ class OptimizeRun:
         final, final_score = result.instruction, problem.score(result.instruction, "dev")
         kept = opts.keep_initial and initial_score > final_score
         if kept:  # never worse on optimize-dev than the start
-            print(
+            tqdm.write(
                 f"lm_eval_promptopt: {name}: the search's choice scores {final_score:.4f} on optimize-dev, below the initial "
                 f"instruction's {initial_score:.4f}: keeping the initial instruction (keep_initial=false keeps the search's choice)"
             )

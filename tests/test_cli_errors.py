@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,15 @@ def test_an_instruction_longer_than_the_context_is_refused_before_the_search(tin
     line = proc.stderr.strip().splitlines()[-1]
     assert "over the 56 the model takes (max_length 64, less the tokens to generate): lm-eval would cut it from the left" in line
     assert not list(tmp_path.glob("*/prompt_optimization_*/trajectories/*"))  # refused before any search
+
+
+def test_help_metric_example_works_as_printed():
+    """`lm_eval run --help` shows the metric setting with the quotes its comma needs: pasted into a
+    shell, the example sets that metric (unquoted, `metric=a,b` splits into `metric=a` and a bad `b`)."""
+    from lm_eval_promptopt.options import split_pairs
+
+    proc = subprocess.run([str(Path(sys.executable).with_name("lm_eval")), "run", "--help"], capture_output=True, text=True)
+    examples = [word for word in proc.stdout.split() if word.startswith("'metric=")]
+    assert examples, "the help shows a quoted metric example"
+    (argument,) = shlex.split(examples[0].rstrip(";,)"))
+    assert split_pairs(argument) == {"metric": "exact_match,flexible-extract"}

@@ -152,7 +152,7 @@ def test_ci_gates_set_the_exit_code(runs: dict[str, Path], capsys):
     empty = runs["ci"].parent / "empty"
     empty.mkdir(exist_ok=True)
     code, _, err = cli([empty], capsys)
-    assert code == 2 and "no results_*.json" in err
+    assert code == 2 and "no results JSON (results_<date>.json" in err
 
 
 class Page(HTMLParser):

@@ -179,7 +179,7 @@ def test_folio_found_automatically_via_companion_command(tiny_model: Path, tmp_p
     for name, task in tasks.items():
         assert task["placement"] == "system_message" and task["final_instruction"] == "Be logical."
         assert task["plan"]["train"]["split"] == "train" and task["plan"]["heldout"]["split"] == "validation"
-        assert len(task["plan"]["heldout"]["indices"]) == 204
+        assert task["plan"]["heldout"]["planned_size"] == 204 and len(task["plan"]["heldout"]["indices"]) == 2  # --limit 2
         assert results["n-samples"][name]["effective"] == 2
         prompt = samples_of(tmp_path, name)[0]["arguments"]["gen_args_0"]["arg_0"]
         assert prompt.startswith("<|system|>\nBe logical.<|end|>\n<|user|>\nPremises:")

@@ -164,7 +164,7 @@ def test_split_paper_through_lm_eval_records_the_papers_rows(local_tasks: Path, 
     )  # fmt: skip
     plan = load_results(tmp_path)["prompt_optimization"]["tasks"][task]["plan"]
     assert plan["train"]["indices"] == list(range(50)) and plan["dev"]["indices"] == list(range(50, 150))
-    assert plan["heldout"]["size"] == 100 and plan["rule"].startswith("GReaTer's BBH rows")
+    assert plan["heldout"]["planned_size"] == 100 and plan["heldout"]["size"] == 3 and plan["rule"].startswith("GReaTer's BBH rows")
     refused = run_lm_eval(
         ["--model", "oracle", "--include_path", str(local_tasks), "--tasks", task, "--optimize", "candidates",
          "--optimize_args", "candidates=Be quick.,split=paper", "--output_path", str(tmp_path / "no")],

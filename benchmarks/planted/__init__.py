@@ -337,19 +337,21 @@ def settings_hash() -> str:
 
 
 @contextlib.contextmanager
-def training_progress() -> Iterator[None]:
+def training_progress() -> Iterator[Any]:
     """A tqdm bar over the training steps, with the elapsed and the estimated remaining time.
 
     It counts optimizer steps through torch's global step hook, so the training code (and with
-    it `settings_hash()` and the weights) is untouched."""
+    it `settings_hash()` and the weights) is untouched. The estimate is the remaining steps at the
+    average rate since the start (`smoothing=0`), not at the last few steps' rate, which swings
+    with every change of the machine's load."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
     from tqdm.auto import tqdm
 
-    desc = "training the planted model once (about 2 min on 2 idle CPU cores, up to ~13 under load)"
-    bar = tqdm(total=int(TRAIN_CONFIG["steps"]), desc=desc, unit="step")
+    desc = "training the planted model once, then cached (2 min on 2 idle cores; an hour or more on a busy machine)"
+    bar = tqdm(total=int(TRAIN_CONFIG["steps"]), desc=desc, unit="step", smoothing=0)
     handle = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: bar.update(1))
     try:
-        yield
+        yield bar
     finally:
         handle.remove()
         bar.close()

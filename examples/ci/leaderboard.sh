@@ -9,7 +9,7 @@
 #    keyed by the plugin version, before this script, and saves it after);
 # 3. per model: lm_eval --model hf --model_args pretrained=M --optimize ... --output_path OUT/results;
 # 4. lm-eval-promptopt leaderboard OUT/results: leaderboard.md, leaderboard.html, leaderboard.json;
-# 5. exit non-zero on a regression (an optimized score below its baseline) or a --fail-under gate.
+# 5. exit non-zero on a regression (an optimized score more than one stderr below its baseline) or a --fail-under gate.
 #
 # Everything after `--` goes to every lm_eval call (e.g. --device cpu --limit 20 --include_path DIR).
 # A second run with the same cache does no search: every task's source is `cache`.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -108,11 +109,18 @@ def root_items(loaded: dict[str, Any]) -> list[Any]:
 
 
 def limited(indices: list[int], limit: int | float | None) -> list[int]:
-    """The docs `--limit` keeps: a count, or a fraction below 1 (at least one doc)."""
+    """The docs `--limit` keeps: the first `limit`, or below 1 that fraction rounded up (as lm-eval counts it)."""
     if limit is None:
         return indices
-    count = int(limit * len(indices)) if limit < 1 else int(limit)
+    count = math.ceil(limit * len(indices)) if limit < 1 else int(limit)
     return indices[: max(count, 1)]
+
+
+def limited_plan(plan: dict[str, Any], evaluated: list[int], limit: int | float) -> dict[str, Any]:
+    """A recorded plan after `--limit`: its held-out lists only the docs evaluated, and says why."""
+    heldout = plan["heldout"]
+    rule = f"{plan['rule']}; --limit {limit:g}: the first {len(evaluated)} of its {heldout['size']} held-out docs evaluated"
+    return {**plan, "rule": rule, "heldout": {**heldout, "size": len(evaluated), "indices": evaluated, "limit": limit, "planned_size": heldout["size"]}}
 
 
 @contextlib.contextmanager

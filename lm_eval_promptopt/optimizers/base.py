@@ -129,6 +129,8 @@ class Optimizer(abc.ABC):
     name: ClassVar[str]
     config_class: ClassVar[type] = NoConfig
     default_instruction: ClassVar[str] = ""
+    dev_scored: ClassVar[str] = "then each instruction the search scored, in search order"
+    """What its optimize-dev evaluations after the initial instruction's are (the dev-score plot says it)."""
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -51,6 +51,7 @@ class BestCandidate(Optimizer):
     """Scores each user-supplied instruction on optimize-dev and keeps the best (first on ties)."""
 
     config_class = CandidatesConfig
+    dev_scored = "then each candidate, in the order given"
 
     def projected_cost(self, n_train: int, n_dev: int) -> dict[str, int]:
         evals = 1 + len(self.config.instructions())

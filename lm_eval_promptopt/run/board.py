@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+UNCHECKED_MARK = "[unchecked source]"
+"""Marks a cell whose given instruction's source could not be checked against its held-out docs."""
+
+
 @dataclass
 class Cell:
     """One task or group of one run: held-out score, baseline, difference, and what it was measured under."""
@@ -20,6 +24,8 @@ class Cell:
     plan: str = ""
     """Digest of the split plan and the number of docs scored (plain runs: the whole split)."""
     seeds: str = ""
+    unchecked_source: list[str] = field(default_factory=list)
+    """The tasks whose given instruction could not be checked against this run's held-out docs."""
 
 
 @dataclass
@@ -82,7 +88,7 @@ def cell_text(cell: Cell | None) -> str:
     text = fmt(cell.score) + (f" ± {cell.stderr:.4f}" if cell.stderr is not None else "")
     if cell.delta is not None:
         text += f" (base {fmt(cell.baseline)}, {fmt(cell.delta, signed=True)})"
-    return text
+    return text + (f" {UNCHECKED_MARK}" if cell.unchecked_source else "")
 
 
 def column_title(board: Leaderboard, column: str) -> str:

@@ -11,34 +11,49 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
 import io
 import json
+import math
+import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import PromptOptError
-from .board import Cell, Leaderboard, Row, Run, cell_text, column_title, fmt, short_model, source_text
+from .board import UNCHECKED_MARK, Cell, Leaderboard, Row, Run, cell_text, column_title, fmt, short_model, source_text
 from .leaderboard_html import to_html
 from .store import digest
 
+UNCHECKED = ("its given instruction's source records no split plan, so its held-out docs may include docs the instruction "
+             "was optimized on (pass the source run's results JSON or prompt_optimization.json as --optimized_prompts)")
 PLAIN = "baseline"
 """The optimizer label of plain lm-eval results (no prompt optimization section)."""
 _UNSHOWN_OPTIONS = {"refresh", "compare_baseline"}  # they change no score
 
 
+DATED = re.compile(r"_\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d(\.\d+)?\.json$")
+"""The end of a results JSON's name as lm-eval's tracker writes it: `_<date>.json` after `results`
+or, for `--output_path NAME.json`, after `NAME`."""
+
+
 def find_results(paths: list[Path]) -> list[Path]:
-    """The results JSONs given, and every `results_*.json` under the folders given."""
+    """The results JSONs given, every `results_*.json` or `*_<date>.json` under the folders given, and for a
+    `NAME.json` that does not exist, the `NAME_<date>.json` files lm-eval wrote for that
+    `--output_path`."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(path.rglob("results_*.json"))
+            found += sorted(p for p in path.rglob("*.json") if p.name.startswith("results_") or DATED.search(p.name))
         elif path.is_file():
             found.append(path)
+        elif path.suffix == ".json" and (dated := sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}_*.json") if DATED.match(p.name[len(path.stem):]))):
+            found += dated
         else:
             raise PromptOptError(f"leaderboard: {path} does not exist")
     if not found:
-        raise PromptOptError(f"leaderboard: no results_*.json under {', '.join(map(str, paths))}")
+        raise PromptOptError(f"leaderboard: no results JSON (results_<date>.json, or NAME_<date>.json from --output_path NAME.json) under {', '.join(map(str, paths))}")
     return list(dict.fromkeys(p.resolve() for p in found))
 
 
@@ -85,13 +100,38 @@ def _settings(section: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(shown.items()) if k not in _UNSHOWN_OPTIONS)
 
 
+def _shape_problem(data: Any) -> str | None:
+    """What keeps valid JSON from being read as a results JSON (None: nothing)."""
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    results = data.get("results")
+    if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
+        return "its `results` is not an object of task -> metrics"
+    section = data.get("prompt_optimization")
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not isinstance(section.get("optimizer"), str):
+        return "its `prompt_optimization` section names no `optimizer`"
+    tasks = section.get("tasks")
+    if not isinstance(tasks, dict) or not all(isinstance(t, dict) for t in tasks.values()):
+        return "its `prompt_optimization.tasks` is not an object of task -> outcome"
+    if not isinstance(section.get("baseline_vs_optimized") or [], list) or not all(
+        isinstance(r, dict) and "name" in r for r in section.get("baseline_vs_optimized") or []
+    ):
+        return "its `prompt_optimization.baseline_vs_optimized` is not a list of rows"
+    return None
+
+
 def load_run(path: Path) -> Run:
     """Flatten one results JSON (ours, or plain lm-eval's) into a `Run`."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        results = data["results"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise PromptOptError(f"leaderboard: {path} is not an lm-eval results JSON ({type(err).__name__}: {err})") from None
+    problem = _shape_problem(data)
+    if problem:
+        raise PromptOptError(f"leaderboard: {path} is not an lm-eval results JSON: {problem}; pass the results_<date>.json lm-eval wrote")
+    results = data["results"]
     config = data.get("config") or {}
     model = data.get("model_name") or str((config.get("model_args") or {}).get("pretrained", "")) or str(config.get("model"))
     groups = set(data.get("groups") or {})
@@ -106,7 +146,7 @@ def load_run(path: Path) -> Run:
         tasks = section.get("tasks") or {}
         run = Run(path, model, section["optimizer"], _settings(section), _number(data.get("date")) or 0.0,
                   dict(Counter(t.get("source", "search") for t in tasks.values())))  # fmt: skip
-        plans = {name: digest(task["plan"]) for name, task in tasks.items()}
+        plans = {name: digest(task.get("plan")) for name, task in tasks.items()}
         baseline_rows = {row["name"]: row for row in section.get("baseline_vs_optimized") or []}
     children = data.get("group_subtasks") or {}
     for name, entry in results.items():
@@ -118,8 +158,10 @@ def load_run(path: Path) -> Run:
         score = _number(entry.get(metric))
         members = _leaves(name, children) if name in groups else [name]
         plan = digest({m: [plans.get(m), counts.get(m)] for m in members})
+        unchecked = [m for m in members if _transfer_check(section, m) == "unchecked"] if section else []
         cell = Cell(metric, score, _stderr(entry, metric), docs=sum(counts.get(m) or 0 for m in members) or None,
-                    instruction=outcome.get("final_instruction"), plan=plan, seeds=digest(seeds))  # fmt: skip
+                    instruction=outcome.get("final_instruction"), plan=plan, seeds=digest(seeds),
+                    unchecked_source=unchecked)  # fmt: skip
         if section is None:
             cell.baseline = score
         elif compared:
@@ -127,6 +169,12 @@ def load_run(path: Path) -> Run:
         run.cells[name] = cell
     run.groups = groups
     return run
+
+
+def _transfer_check(section: dict[str, Any], task: str) -> str | None:
+    """What the `--optimized_prompts` check found for the task (None: a search, or no check recorded)."""
+    check = ((section["tasks"].get(task) or {}).get("details") or {}).get("transfer_check")
+    return check.get("check") if isinstance(check, dict) else None
 
 
 def _leaves(name: str, children: dict[str, list[str]]) -> list[str]:
@@ -153,6 +201,8 @@ def build(runs: list[Run]) -> Leaderboard:
                 flags.append(f"{name}: {row.label}: {dates[(run.key, name)].path} is superseded by the newer {run.path}")
             row.cells[name] = cell
             dates[(run.key, name)] = run
+            if cell.unchecked_source and name not in run.groups:
+                flags.append(f"{name}: {row.label}: {UNCHECKED} ({run.path})")
             if name not in columns:
                 columns.append(name)
     groups = set().union(*(r.groups for r in runs)) if runs else set()
@@ -174,7 +224,13 @@ def build(runs: list[Run]) -> Leaderboard:
 
 
 def leaderboard(paths: list[Path]) -> Leaderboard:
-    return build([load_run(p) for p in find_results(paths)])
+    runs = []
+    for path in find_results(paths):
+        try:
+            runs.append(load_run(path))
+        except (AttributeError, KeyError, TypeError) as err:  # a field of another shape than lm-eval writes
+            raise PromptOptError(f"leaderboard: {path} is not an lm-eval results JSON of the usual shape ({type(err).__name__}: {err})") from None
+    return build(runs)
 
 
 # --------------------------------------------------------------------------- formats
@@ -190,7 +246,8 @@ def to_markdown(board: Leaderboard) -> str:
            line(["---"] * 3 + ["---:"] * len(board.columns))]  # fmt: skip
     for row in board.rows:
         out.append(line([short_model(row.model), row.optimizer, row.settings or "defaults", *(cell_text(row.cells.get(c)) for c in board.columns)]))
-    out += ["", "Cells: held-out score ± stderr (base: the initial instruction's held-out score, then the difference).", ""]
+    out += ["", "Cells: held-out score ± stderr (base: the initial instruction's held-out score, then the difference)."
+            + (f" {UNCHECKED_MARK}: unchecked source (see the flags)." if any(c.unchecked_source for r in board.rows for c in r.cells.values()) else ""), ""]
     out += [line(["model", "optimizer", "settings", "source", "results"]), line(["---"] * 5)]
     for row in board.rows:
         out.append(line([short_model(row.model), row.optimizer, row.settings or "defaults", source_text(row.sources), "<br>".join(row.files)]))
@@ -217,7 +274,7 @@ def to_records(board: Leaderboard) -> list[dict[str, Any]]:
                 "source": source_text(row.sources), "task": column, "group": column in board.groups,
                 "metric": cell.metric, "score": cell.score, "stderr": cell.stderr, "baseline": cell.baseline,
                 "delta": cell.delta, "docs": cell.docs, "instruction": cell.instruction,
-                "flagged": ";".join(board.mixed.get(column, [])),
+                "flagged": ";".join(board.mixed.get(column, []) + (["unchecked source"] if cell.unchecked_source else [])),
             })  # fmt: skip
     return records
 
@@ -262,14 +319,51 @@ def parse_threshold(text: str) -> tuple[str, float]:
     try:
         if not sep or not name:
             raise ValueError
-        return name, float(value)
+        number = float(value)
     except ValueError:
         raise PromptOptError(f"--fail-under takes TASK=VALUE (e.g. bbh=0.45), got {text!r}") from None
+    if not math.isfinite(number):
+        raise PromptOptError(f"--fail-under {text}: no score is under {value}; give a finite VALUE (e.g. {name}=0.45)")
+    return name, number
 
 
-def gate(board: Leaderboard, fail_under: list[tuple[str, float]], fail_on_regression: bool) -> list[str]:
-    """Why CI should fail: scores under a threshold, or (with `fail_on_regression`) below their baseline."""
-    problems = []
+@dataclass(frozen=True)
+class Tolerance:
+    """How far under its baseline a score may be before --fail-on-regression fails it."""
+
+    value: float
+    in_stderr: bool
+    """True: `value` counts the optimized score's stderr (lm-eval's); False: score points."""
+
+    def allowed(self, cell: Cell) -> float:
+        return self.value * (cell.stderr or 0.0) if self.in_stderr else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value:g} stderr" if self.in_stderr else f"{self.value:g}"
+
+
+FLOAT_NOISE = 1e-9
+"""Differences this small are float arithmetic, never a regression."""
+
+
+def parse_tolerance(text: str) -> Tolerance:
+    """`2se` (two stderrs of the optimized score) or `0.01` (score points)."""
+    in_stderr = text.endswith("se")
+    try:
+        value = float(text[:-2] if in_stderr else text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise PromptOptError(f"--regression-tolerance takes Nse (N stderrs, e.g. 1se) or score points (e.g. 0.01), at least 0; got {text!r}")
+    return Tolerance(value, in_stderr)
+
+
+def gate(board: Leaderboard, fail_under: list[tuple[str, float]], fail_on_regression: bool,
+         tolerance: Tolerance = Tolerance(1.0, True), require_baseline: bool = False) -> tuple[list[str], list[str]]:  # fmt: skip
+    """Why CI should fail (scores under a threshold; with `fail_on_regression`, scores more than
+    `tolerance` below their baseline; with `require_baseline`, optimized rows without one), and
+    notes (with `fail_on_regression`: the optimized rows it could not check, having no baseline)."""
+    problems, notes = [], []
     for name, threshold in fail_under:
         cells = [(row, row.cells[name]) for row in board.rows if name in row.cells]
         if not cells:
@@ -277,9 +371,17 @@ def gate(board: Leaderboard, fail_under: list[tuple[str, float]], fail_on_regres
         for row, cell in cells:
             if cell.score is None or cell.score < threshold:
                 problems.append(f"{name}: {row.label} scores {fmt(cell.score)}, under {threshold}")
-    if fail_on_regression:
-        for row in board.rows:
+    for row in board.rows:
+        if fail_on_regression:
             for name, cell in row.cells.items():
-                if cell.delta is not None and cell.delta < 0:
-                    problems.append(f"{name}: {row.label} regressed: {fmt(cell.baseline)} -> {fmt(cell.score)} ({fmt(cell.delta, signed=True)})")
-    return problems
+                allowed = tolerance.allowed(cell)
+                if cell.delta is not None and cell.delta < -(allowed + FLOAT_NOISE):
+                    problems.append(f"{name}: {row.label} regressed: {fmt(cell.baseline)} -> {fmt(cell.score)} "
+                                    f"({fmt(cell.delta, signed=True)}, beyond the tolerance {tolerance} = {allowed:.4f})")  # fmt: skip
+        unchecked = [name for name, cell in row.cells.items() if cell.delta is None] if row.optimizer != PLAIN else []
+        if unchecked and require_baseline:
+            problems.append(f"{row.label} has no baseline for {', '.join(unchecked)} (rerun with --optimize_args compare_baseline=true)")
+        elif unchecked and fail_on_regression:
+            notes.append(f"{row.label} has no baseline for {', '.join(unchecked)}: not checked for regression "
+                         "(compare_baseline=true measures one; --require-baseline fails such rows)")  # fmt: skip
+    return problems, notes

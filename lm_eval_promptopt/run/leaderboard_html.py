@@ -8,7 +8,7 @@ from __future__ import annotations
 from html import escape
 from statistics import mean
 
-from .board import Leaderboard, Row, cell_text, column_title, fmt, short_model, source_text
+from .board import Cell, Leaderboard, Row, cell_text, column_title, fmt, short_model, source_text
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -52,49 +52,59 @@ def _mean(values: list[float | None]) -> float | None:
 
 def chart_points(board: Leaderboard) -> list[tuple[str, float | None, float | None]]:
     """Per row: (label, mean baseline, mean optimized) over the leaf tasks (groups would count twice)."""
-    leaves = [c for c in board.columns if c not in board.groups] or board.columns
     points = []
-    for row in board.rows:
-        cells = [row.cells[c] for c in leaves if c in row.cells]
+    for row, cells in zip(board.rows, _chart_cells(board)):
         optimized = None if row.optimizer == "baseline" else _mean([c.score for c in cells])
         points.append((row.label, _mean([c.baseline for c in cells]), optimized))
     return points
 
 
-def _short(text: str, width: int = 38) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _chart_cells(board: Leaderboard) -> list[list[Cell]]:
+    leaves = [c for c in board.columns if c not in board.groups] or board.columns
+    return [[row.cells[c] for c in leaves if c in row.cells] for row in board.rows]
 
 
 def bar_chart(board: Leaderboard) -> str:
-    """Baseline vs optimized per row (mean over leaf tasks), as inline SVG."""
+    """Baseline vs optimized per row (mean over its leaf tasks), as inline SVG: each row's label on
+    its own line above its bars, whole and left-aligned, so no label is cut; where rows average over
+    different numbers of tasks, each label says over how many."""
     points = chart_points(board)
-    label_w, bar_h, gap, width = 260, 14, 12, 360
-    height = len(points) * (2 * bar_h + gap) + 40
-    parts = [f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" width="{label_w + width + 80}" height="{height}" role="img" aria-label="baseline vs optimized per model">']
+    counts = [len(cells) for cells in _chart_cells(board)]
+    uneven = len(set(counts)) > 1
+    label_h, bar_h, gap, width = 16, 14, 12, 360
+    height = len(points) * (label_h + 2 * bar_h + gap) + 40
+    parts = [f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" width="{width + 80}" height="{height}" style="overflow: visible" '
+             'role="img" aria-label="baseline vs optimized per model">']  # fmt: skip
     y = 10
-    for row, (label, baseline, optimized) in zip(board.rows, points):
-        parts.append(
-            f'<text x="{label_w - 6}" y="{y + bar_h - 2}" text-anchor="end" font-size="12"><title>{escape(label)}</title>'
-            f'{escape(_short(f"{short_model(row.model)} / {row.optimizer}"))}</text>'
-            f'<text x="{label_w - 6}" y="{y + 2 * bar_h - 2}" text-anchor="end" font-size="10" fill="#666">{escape(_short(row.settings or "defaults", 44))}</text>'
-        )
+    for row, (label, baseline, optimized), count in zip(board.rows, points, counts):
+        over = f" (mean of {count} task{'s' if count != 1 else ''})" if uneven else ""
+        parts.append(f'<text class="label" x="0" y="{y + label_h - 4}" font-size="12">{escape(label + over)}</text>')
+        y += label_h
         for kind, value, color, offset in (("baseline", baseline, "#9aa5b1", 0), ("optimized", optimized, "#2b7bb9", bar_h)):
             if value is None:
                 continue
             bar = max(value, 0.0) * width
             parts.append(
-                f'<rect class="bar {kind}" data-row="{escape(label)}" data-value="{value:.6f}" x="{label_w}" y="{y + offset}" '
+                f'<rect class="bar {kind}" data-row="{escape(label)}" data-value="{value:.6f}" x="0" y="{y + offset}" '
                 f'width="{bar:.1f}" height="{bar_h - 2}" fill="{color}"><title>{escape(label)}: {kind} {fmt(value)}</title></rect>'
             )
-            parts.append(f'<text x="{label_w + bar + 4}" y="{y + offset + bar_h - 4}" font-size="11">{fmt(value)}</text>')
+            parts.append(f'<text x="{bar + 4}" y="{y + offset + bar_h - 4}" font-size="11">{fmt(value)}</text>')
         y += 2 * bar_h + gap
-    parts.append(f'<line x1="{label_w}" y1="4" x2="{label_w}" y2="{y}" stroke="#444"/>')
-    parts.append(f'<text x="{label_w}" y="{y + 16}" font-size="11">0</text><text x="{label_w + width}" y="{y + 16}" font-size="11" text-anchor="middle">1</text>')
-    legend_x = label_w + width - 170
+    parts.append(f'<line x1="0" y1="4" x2="0" y2="{y}" stroke="#444"/>')
+    parts.append(f'<text x="0" y="{y + 16}" font-size="11">0</text><text x="{width}" y="{y + 16}" font-size="11" text-anchor="middle">1</text>')
+    legend_x = width - 170
     parts.append(f'<rect x="{legend_x}" y="{y + 6}" width="10" height="10" fill="#9aa5b1"/><text x="{legend_x + 14}" y="{y + 15}" font-size="11">baseline</text>')
     parts.append(f'<rect x="{legend_x + 80}" y="{y + 6}" width="10" height="10" fill="#2b7bb9"/><text x="{legend_x + 94}" y="{y + 15}" font-size="11">optimized</text>')
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def chart_heading(board: Leaderboard) -> str:
+    """The chart's heading; it says so where rows average over different numbers of tasks."""
+    counts = {len(cells) for cells in _chart_cells(board)}
+    if len(counts) > 1:
+        return "Baseline vs optimized (mean over each row's tasks; rows have different numbers of tasks, so compare with care)"
+    return f"Baseline vs optimized (mean over {next(iter(counts), 0)} tasks per row)"
 
 
 def _row_cells(board: Leaderboard, row: Row) -> list[str]:
@@ -132,7 +142,7 @@ Click a column header to sort.</p>
 </tbody>
 </table>
 {f'<h2>Flags</h2><ul class="flags">{flags}</ul>' if flags else ""}
-<h2>Baseline vs optimized (mean over tasks)</h2>
+<h2>{escape(chart_heading(board))}</h2>
 {bar_chart(board)}
 <script>{_SCRIPT}</script>
 </body>

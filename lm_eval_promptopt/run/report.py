@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..errors import PromptOptError
 from .board import fmt
 from .files import read_jsonl, write_json
 
@@ -146,6 +147,22 @@ def dev_curve(trajectory_file: str | Path) -> list[float]:
     return [e["score"] for e in read_jsonl(Path(trajectory_file)) if e.get("split") == "dev" and "score" in e]
 
 
+def dev_plot_labels(optimizer: str) -> dict[str, str]:
+    """The dev-score plot's title and axes: what its points are, for this optimizer."""
+    from ..optimizers import get_optimizer
+    from ..optimizers.base import Optimizer
+
+    try:
+        scored = get_optimizer(optimizer).dev_scored
+    except PromptOptError:  # an optimizer this install does not have
+        scored = Optimizer.dev_scored
+    return {
+        "title": f"{optimizer}: optimize-dev score of each harness evaluation\n(the initial instruction first, {scored})",
+        "xlabel": "harness evaluation on optimize-dev (1: the initial instruction)",
+        "ylabel": "dev score (dots: each evaluation; line: best so far)",
+    }
+
+
 def plot_dev_scores(section: dict[str, Any], path: Path) -> Path | None:
     """One line per task: the best optimize-dev score so far after each harness evaluation.
     Nothing is written (None) when no task has a dev score (given prompts are not scored)."""
@@ -165,9 +182,10 @@ def plot_dev_scores(section: dict[str, Any], path: Path) -> Path | None:
         steps = range(1, len(scores) + 1)
         (line,) = ax.plot(steps, best, drawstyle="steps-post", label=task)
         ax.scatter(steps, scores, s=12, color=line.get_color(), alpha=0.5)
-    ax.set_xlabel("harness evaluation on optimize-dev (in search order)")
-    ax.set_ylabel("dev score (dots: each candidate; line: best so far)")
-    ax.set_title(f"{section['optimizer']}: optimize-dev score per step")
+    labels = dev_plot_labels(section["optimizer"])
+    ax.set_xlabel(labels["xlabel"])
+    ax.set_ylabel(labels["ylabel"])
+    ax.set_title(labels["title"], fontsize="medium")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if ax.lines:

@@ -50,6 +50,7 @@ class GPO(Optimizer):
 
     config_class = GPOConfig
     default_instruction = INITIAL_INSTRUCTION
+    dev_scored = "then each step's new candidates, step by step"
 
     def projected_cost(self, n_train: int, n_dev: int) -> dict[str, int]:
         cfg: GPOConfig = self.config

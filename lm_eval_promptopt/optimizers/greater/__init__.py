@@ -35,6 +35,7 @@ class Greater(Optimizer):
 
     config_class = GreaterConfig
     default_instruction = f"{FIXED_PREFIX} {INITIAL_PROMPT}"
+    dev_scored = f"then its top-{TOP_KEPT} prompts, scored at the end; its steps score train only"
 
     def projected_cost(self, n_train: int, n_dev: int) -> dict[str, int]:
         """Per step: a reasoning refresh and 3 scored candidates (generations), proposal and

@@ -94,7 +94,7 @@ class Search:
         self.initial_as_seen = None if start == instruction else start
         """The initial instruction as the tokenizer gives it back, where it does not round-trip."""
         if self.initial_as_seen is not None:
-            print(f"lm_eval_promptopt: {problem.task_name}: the tokenizer does not round-trip the initial instruction; the search starts from, and the harness sees, {start!r}")
+            tqdm.write(f"lm_eval_promptopt: {problem.task_name}: the tokenizer does not round-trip the initial instruction; the search starts from, and the harness sees, {start!r}")
         docs = problem.docs("train")
         if not docs:
             raise PromptOptError(f"{problem.task_name}: greater needs at least one optimize-train doc (train_size >= 1)")
@@ -105,7 +105,7 @@ class Search:
         self.in_context = True
         if not self.reencodes(self.initial):
             self.in_context = False
-            print(
+            tqdm.write(
                 f"lm_eval_promptopt: {problem.task_name}: the initial instruction tokenises differently inside the rendered prompt "
                 "(it merges with the text around it); candidates are checked for re-encoding on their own instead"
             )
