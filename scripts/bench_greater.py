@@ -63,9 +63,10 @@ def floor_seconds(model_dir: Path, shapes: dict, threads: int, seed: int) -> flo
     return time.perf_counter() - started
 
 
-def matmul_rate(model, rows: int, threads: int) -> float:
+def matmul_rate(model, rows: int, threads: int, process_time: bool = False) -> float:
     """FLOP/s of this machine multiplying `rows` rows by each weight matrix of `model` (as in a
-    forward at that batch shape), timed for at least half a second."""
+    forward at that batch shape), timed for at least half a second (wall, or this process's CPU
+    time with `process_time`)."""
     import torch
 
     from lm_eval_promptopt.optimizers.greater.flops import matrices
@@ -75,14 +76,15 @@ def matmul_rate(model, rows: int, threads: int) -> float:
     weights = [w.detach() for w in [*layers, head]]
     gen = torch.Generator().manual_seed(0)
     inputs = {w.shape[1]: torch.randn(max(rows, 1), w.shape[1], generator=gen, dtype=w.dtype) for w in weights}
-    flops, started, runs = 0, time.perf_counter(), 0
+    clock = time.process_time if process_time else time.perf_counter
+    flops, started, runs = 0, clock(), 0
     with torch.no_grad():
-        while runs < 2 or time.perf_counter() - started < 0.5:
+        while runs < 2 or clock() - started < 0.5:
             for w in weights:
                 torch.nn.functional.linear(inputs[w.shape[1]], w)
                 flops += 2 * inputs[w.shape[1]].shape[0] * w.numel()
             runs += 1
-    return flops / (time.perf_counter() - started)
+    return flops / (clock() - started)
 
 
 def phase_rows(step: dict) -> dict[str, list[tuple[int, float]]]:
