@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50)
     parser.add_argument("--context", type=int, default=300)
     parser.add_argument("--new", type=int, default=1024)
-    parser.add_argument("--shape", choices=["8b", "dry"], default="8b", help="dry: a 4.46 M-parameter model on CPU")
+    parser.add_argument("--shape", choices=["8b", "dry"], default="8b", help="dry: a 3.0 M-parameter model on CPU")
     args = parser.parse_args()
     device = "cuda" if args.shape == "8b" else "cpu"
     from transformers import LlamaConfig, LlamaForCausalLM, StaticCache

@@ -8,7 +8,7 @@ vocabulary). The task is the planted `planted_largest` (data in the repository),
 up to 1024 reasoning tokens (a random model rarely stops early). Prints the step's seconds and
 phase split (greedy decoder), then the step's first generation (the 50 docs' reasoning) timed
 with the decoder and with `generate`, and whether their tokens agree. `--device cpu` is the dry
-mode: the same code on a 4.46 M-parameter model of the same shape family, 8 docs, 32 tokens.
+mode: the same code on a 3.0 M-parameter model of the same shape family (256 hidden, 4 layers), 8 docs, 32 tokens.
 
     python scripts/greater_step_check.py [--device cpu]
 """
