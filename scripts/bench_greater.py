@@ -8,6 +8,11 @@ counters, the batch sizes, tokens per second of generation, and the floor: bare 
 (default settings, no stop criteria) over random contexts of the step's regeneration shapes (same
 context lengths, the same number of new tokens for every row) in the largest batches GReaTer's
 sizing allows (free memory; on CPU at most 8192 tokens, beyond which batches measured slower).
+Then, per phase, the FLOPs the run counted (`optimizers/greater/flops.py`), the FLOP/s achieved,
+and the machine's own matmul FLOP/s measured in this run at the same shapes: every weight matrix
+of the model applied to as many rows as the phase's matmuls have (generation: a batch's prompt
+tokens for the prefill, its rows for each decoded token; the other phases: tokens per forward),
+weighted by the phase's FLOPs at each shape; the last column is the achieved share of it.
 
     python scripts/bench_greater.py --threads 1 --apply-chat-template
 """
@@ -56,6 +61,68 @@ def floor_seconds(model_dir: Path, shapes: dict, threads: int, seed: int) -> flo
             model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=pad)
         start += rows
     return time.perf_counter() - started
+
+
+def matmul_rate(model, rows: int, threads: int, process_time: bool = False) -> float:
+    """FLOP/s of this machine multiplying `rows` rows by each weight matrix of `model` (as in a
+    forward at that batch shape), timed for at least half a second (wall, or this process's CPU
+    time with `process_time`)."""
+    import torch
+
+    from lm_eval_promptopt.optimizers.greater.flops import matrices
+
+    torch.set_num_threads(threads)
+    layers, head = matrices(model)
+    weights = [w.detach() for w in [*layers, head]]
+    gen = torch.Generator().manual_seed(0)
+    inputs = {w.shape[1]: torch.randn(max(rows, 1), w.shape[1], generator=gen, dtype=w.dtype) for w in weights}
+    clock = time.process_time if process_time else time.perf_counter
+    flops, started, runs = 0, clock(), 0
+    with torch.no_grad():
+        while runs < 2 or clock() - started < 0.5:
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+                flops += 2 * inputs[w.shape[1]].shape[0] * w.numel()
+            runs += 1
+    return flops / (clock() - started)
+
+
+def phase_rows(step: dict) -> dict[str, list[tuple[int, float]]]:
+    """Per phase: (rows of its matmuls, share of its FLOPs at that shape)."""
+    shapes, rows, counters = step["regeneration_shapes"], step.get("batch_rows", {}), step["counters"]
+    out = {}
+    if shapes["context_lengths"]:
+        batch = rows.get("generate", 1)
+        width = sum(shapes["context_lengths"]) / len(shapes["context_lengths"])
+        prefill, decode = batch * width, batch * max(shapes["new_tokens"] - 1, 0)  # row-tokens per batch
+        out["generation"] = [(round(prefill), prefill / (prefill + decode)), (batch, decode / (prefill + decode))]
+    per_forward = counters.get("tokens_processed", 0) / max(counters.get("forward_passes", 0), 1)
+    for phase in ("forwards", "backwards", "proposal"):
+        out[phase] = [(max(round(per_forward), 1), 1.0)]
+    return out
+
+
+def flops_table(model_dir: Path, steps: list[dict], threads: int) -> None:
+    """Per step and phase: FLOPs, achieved FLOP/s, the machine's matmul FLOP/s at those shapes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    rates: dict[int, float] = {}
+    print("| step | phase | GFLOP | seconds | achieved GFLOP/s | matmul GFLOP/s at its shapes (rows) | share |")
+    print("|---|---|---|---|---|---|---|")
+    for s in steps:
+        for phase, shapes in phase_rows(s).items():
+            flops, seconds = s["counters"].get(f"flops_{phase}", 0), s.get("phase_seconds", {}).get(phase, 0.0)
+            if not flops or not seconds:
+                continue
+            for rows, _ in shapes:
+                if rows not in rates:
+                    rates[rows] = matmul_rate(model, rows, threads)
+            machine = 1 / sum(share / rates[rows] for rows, share in shapes)  # FLOP-weighted harmonic mean
+            achieved = flops / seconds
+            where = ", ".join(f"{rows}: {rates[rows] / 1e9:.1f}" for rows, _ in shapes)
+            print(f"| {s['step']} | {phase} | {flops / 1e9:.1f} | {seconds:.2f} | {achieved / 1e9:.1f} | {machine / 1e9:.1f} ({where}) | {achieved / machine:.0%} |")
 
 
 def main() -> None:
@@ -118,6 +185,7 @@ def main() -> None:
         cells += [" / ".join(str(rows.get(k, "-")) for k in ("generate", "forward", "backward")), "-" if floor is None else f"{floor:.2f}"]
         print(f"| {s['step']} | " + " | ".join(cells) + " |")
     later = steps[1:] or steps
+    flops_table(model, steps, args.threads)
     print(f"seconds per step (steps 2-{len(steps)}): {sum(s['seconds'] for s in later) / len(later):.2f}")
     print("chosen: " + " | ".join(repr(s["chosen"]) for s in steps))
     print(f"peak memory: {details['peak_memory_mb']} MB (process RSS on CPU, CUDA allocator peak on GPU)")

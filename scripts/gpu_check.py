@@ -1,11 +1,15 @@
-"""GPU check: `lm_eval --optimize greater | gpo (optimizer_model=self) | candidates` on a tiny model.
+"""GPU check: `lm_eval --optimize greater | gpo (optimizer_model=self) | candidates` on a tiny model,
+and one GReaTer step on a random Llama-3-8B-shaped model (`greater_step_check.py`).
 
 Offline: builds the tiny random Llama of the tests (tests/support/testbed.py), loads it in
 bfloat16 on CUDA (with `parallelize=True` where more than one GPU is visible) and runs the three
 optimizers on the planted task `planted_largest` (data in the repository). Prints, per run, exit
 code, wall time, peak memory (CUDA: torch's max allocated; CPU: peak RSS), GReaTer's seconds per
 step and every counter the run recorded. Exits 1 if any run failed. `--device cpu` runs the
-same commands on CPU (a dry mode that checks everything but CUDA).
+same commands on CPU (a dry mode that checks everything but CUDA). The `greater_step` run builds
+a random bfloat16 model of Llama-3-8B's shape on the GPU and times one step at the paper's sizes
+(50 train docs, up to 1024 reasoning tokens), its generation by the greedy decoder and by
+`generate` (the dry mode: a 3.0 M-parameter model, 8 docs, 32 tokens).
 
     bash scripts/gpu_check.sh [--device cpu]
 """
@@ -84,7 +88,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--steps", type=int, default=3, help="GReaTer steps")
     parser.add_argument("--out", default=str(REPO / "demo_output" / "gpu_check"))
-    parser.add_argument("--only", default=",".join(RUNS), help=f"runs to do, of {', '.join(RUNS)}")
+    parser.add_argument("--only", default=",".join([*RUNS, "greater_step"]), help=f"runs to do, of {', '.join(RUNS)}, greater_step")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -107,6 +111,17 @@ def main() -> None:
            "LM_EVAL_PROMPTOPT_CACHE": str(out / "cache")}  # fmt: skip
     failed, lines = [], []
     for name in args.only.split(","):
+        if name == "greater_step":
+            print("gpu_check: greater_step ...", flush=True)
+            started = time.time()
+            proc = subprocess.run([sys.executable, str(REPO / "scripts" / "greater_step_check.py"), "--device", args.device, "--out", str(out)], env=env, capture_output=True, text=True)
+            step_lines = [f"greater_step: exit {proc.returncode}, {time.time() - started:.1f} s wall"] + [f"  {x}" for x in proc.stdout.splitlines() if x.startswith("greater_step:")]
+            if proc.returncode != 0:
+                failed.append(name)
+                print(proc.stdout[-3000:], proc.stderr[-5000:], sep="\n")
+            lines += step_lines
+            print("\n".join(step_lines), flush=True)
+            continue
         optimize, settings = RUNS[name]
         run_out, peak_file = out / name, out / f"{name}.peak.json"
         peak_file.unlink(missing_ok=True)

@@ -1,17 +1,19 @@
 """The model side of one GReaTer search: batched generation, forwards and the answer read off the
 generation's KV cache, counted and timed per phase.
 
-Generation follows lm-eval's `generate_until`: greedy, the task's `until` plus the EOS text
-through lm-eval's stop-sequence criteria, the ids cut where lm-eval cuts the text. A step's
+Generation gives the tokens of lm-eval's `generate_until`: greedy, stopped by the task's `until`
+plus the EOS text, the ids cut where lm-eval cuts the text; `decode.greedy` makes them (Hugging
+Face `generate` where it cannot, with a logged line), rows leaving the batch as they end. A step's
 regenerations run longest first in as few left-padded batches as `batching.rows_that_fit` allows,
 each on a static KV cache (it grows by no copies); a candidate's answer is then read off that
 cache by one forward over [the reasoning's last token] + extractor + answer, not by a second
-forward over the whole reasoning. Logits are taken at the hidden states that need them only, in
+forward over the whole reasoning. Every model call's FLOPs are counted per phase (`flops`). Logits are taken at the hidden states that need them only, in
 float32 (Gemma-2's final soft-capping applied).
 """
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 from collections.abc import Iterator
@@ -26,6 +28,10 @@ from transformers import StaticCache
 from ...errors import PromptOptError
 from .batching import memory_budget, padded, rows_that_fit
 from .config import GreaterConfig
+from .decode import greedy, unsupported
+from .flops import Shape
+
+log = logging.getLogger(__name__)
 
 
 class Counters(dict):
@@ -84,15 +90,36 @@ class Engine:
         """Context lengths of the sequences generated in this step (reset per step), and the most
         tokens one generate call made."""
         self.new_tokens = 0
+        self.fallback = unsupported(self.model)
+        """Why generation falls back to Hugging Face `generate` (None: `decode.greedy` runs)."""
+        if self.fallback:
+            log.warning("GReaTer generates with Hugging Face generate: the fast greedy decoder cannot run (%s)", self.fallback)
+        self.shape = Shape(self.model)
+        self.current = "other"
+        """The phase now running: FLOPs are counted to it (counters `flops_<phase>`)."""
+        self.to_backward = 0
+        """FLOPs done with gradients since the last backward: the backward does as many (see `flops`)."""
+        self.lookback = max((len(self.tok.encode(s, add_special_tokens=False)) for s in self.until), default=0) + 2
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Add the wall time of the block to phase `name`."""
-        started = time.perf_counter()
+        started, outer, self.current = time.perf_counter(), self.current, name
         try:
             yield
         finally:
             self.seconds.add(name, time.perf_counter() - started)
+            self.current = outer
+            if name == "backwards":
+                self.counters.add("flops_backwards", self.to_backward)
+                self.to_backward = 0
+
+    def count(self, tokens: int, attended: int, logits: int = 0) -> None:
+        """Add the FLOPs of a forward (see `flops.Shape.forward`) to the phase now running."""
+        flops = self.shape.forward(tokens, attended, logits)
+        self.counters.add(f"flops_{self.current}", flops)
+        if torch.is_grad_enabled():
+            self.to_backward += flops
 
     def fit(self, kind: str, width: int, wanted: int, backward: bool = False) -> int:
         """Rows for the next `kind` batch of `width` tokens (recorded)."""
@@ -108,11 +135,13 @@ class Engine:
     def hidden(self, mask: torch.Tensor, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
         self.counters.add("forward_passes")
         self.counters.add("tokens_processed", int(mask.sum()))
+        self.count(mask.numel(), mask.shape[1])
         out = self.model.base_model(input_ids=ids, inputs_embeds=embeds, attention_mask=mask)
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head at the given hidden states only (not at every position), in float32."""
+        self.count(0, 0, hidden.numel() // hidden.shape[-1])
         logits = self.head(hidden).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
@@ -127,20 +156,51 @@ class Engine:
                 ids = ids[:i]
                 break
 
-        def stops(prefix: list[int]) -> bool:
-            text = self.lm.tok_decode(prefix)
-            return any(s and s in text for s in self.until)
-
-        if not stops(ids):
+        if not self._stops(ids):
             return ids
         low, high = 0, len(ids)  # the shortest prefix that contains a stop sequence
         while low < high:
             mid = (low + high) // 2
-            if stops(ids[: mid + 1]):
+            if self._stops(ids[: mid + 1]):
                 high = mid
             else:
                 low = mid + 1
         return ids[:low]
+
+    def _stops(self, ids: list[int]) -> bool:
+        """Whether the text of `ids` holds a stop sequence (as `_trim` decodes it)."""
+        text = self.lm.tok_decode(ids)
+        return any(s and s in text for s in self.until)
+
+    def _ended(self, tokens: list[int]) -> bool:
+        """Whether a row ends with its last token: an end token, or a stop sequence in its text,
+        looked for in its last tokens first (lm-eval's window: the stop's token count plus 2), so
+        that a row ends only where `_trim` cuts it."""
+        if tokens[-1] in self.eos or tokens[-1] == self.pad:
+            return True
+        return self._stops(tokens[-self.lookback :]) and self._stops(tokens)
+
+    def _decode(self, ids: torch.Tensor, mask: torch.Tensor, room: int) -> tuple[list[list[int]], Any, int]:
+        """Greedy tokens per row (`decode.greedy`, or `generate` where it cannot run), the cache
+        holding their KV, and the tokens fed after the prompt."""
+        if self.fallback is None:
+            return greedy(self.model, ids, mask, self.max_new, room, self._ended)
+        width = ids.shape[1]
+        result = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=self.max_new,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=self.pad,
+            stopping_criteria=stop_sequences_criteria(self.tok, self.until, width, len(ids)),
+            cache=StaticCache(config=self.model.config, max_cache_len=room),  # grows by no copies
+            return_dict_in_generate=True,
+        )
+        generated = result.sequences[:, width:].tolist()
+        return generated, result.cache, len(generated[0]) - 1  # the last generated token was never fed
 
     def generate(self, contexts: list[list[int]]) -> list[list[int]]:
         """Greedy reasoning for every context (see `generate_and_read`)."""
@@ -163,31 +223,19 @@ class Engine:
             start += len(chunk)
             ids, mask = padded([contexts[i] for i in chunk], self.pad, left=True)
             with self.phase("generation"):
-                result = self.model.generate(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    max_new_tokens=self.max_new,
-                    do_sample=False,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                    pad_token_id=self.pad,
-                    stopping_criteria=stop_sequences_criteria(self.tok, self.until, width, len(chunk)),
-                    cache=StaticCache(config=self.model.config, max_cache_len=room),  # grows by no copies
-                    return_dict_in_generate=True,
-                )
-                generated = result.sequences[:, width:].tolist()
+                generated, cache, cached = self._decode(ids.to(self.device), mask.to(self.device), room)
+                decoded = sum(len(g) - 1 for g in generated)  # tokens fed after the prompt, over the rows
+                self.count(ids.numel() + decoded, room, len(chunk) + decoded)
                 for row, i in enumerate(chunk):
                     out[i] = self._trim(generated[row])
                     self.counters.add("tokens_generated", len(out[i]))
             self.counters.add("generate_calls")
             self.counters.add("generations", len(chunk))
             self.shapes += [len(contexts[i]) for i in chunk]
-            self.new_tokens = max(self.new_tokens, len(generated[0]))
+            self.new_tokens = max(self.new_tokens, cached + 1)
             if tails is not None:
                 with self.phase("forwards"):
-                    cached = len(generated[0]) - 1  # the last generated token was never fed
-                    hidden = self._read_tails(result.cache, mask, cached, [contexts[i] for i in chunk], [out[i] for i in chunk], [tails[i] for i in chunk])
+                    hidden = self._read_tails(cache, mask, cached, [contexts[i] for i in chunk], [out[i] for i in chunk], [tails[i] for i in chunk])
                 read += [(i, h) for i, h in zip(chunk, hidden)]
         return out, [h for _, h in sorted(read, key=lambda x: x[0])]
 
@@ -211,6 +259,7 @@ class Engine:
         positions = torch.tensor(starts, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
         self.counters.add("forward_passes")
         self.counters.add("tokens_processed", int(new.sum()))
+        self.count(new.numel(), kept.shape[1] + new.shape[1])
         hidden = self.model.base_model(
             input_ids=ids, attention_mask=torch.cat([kept.to(self.device), new], dim=1), position_ids=positions, cache=cache
         ).last_hidden_state
