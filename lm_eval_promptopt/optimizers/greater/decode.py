@@ -13,6 +13,7 @@ Models whose generation config would change greedy tokens (processors) are not d
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,13 @@ _PROCESSORS = [
     "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens", "begin_suppress_tokens",
     "sequence_bias", "exponential_decay_length_penalty", "renormalize_logits", "watermarking_config", "guidance_scale",
 ]  # fmt: skip
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword under which `model.forward` (and `generate`'s output) takes the KV cache:
+    `cache` in recent transformers 5.x, `past_key_values` before. An unknown keyword would go
+    into the forward's **kwargs unused: every token decoded without its context."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def unsupported(model: Any) -> str | None:
@@ -77,7 +85,8 @@ def greedy(
     cache = StaticCache(config=model.config, max_cache_len=room)
     full_mask = torch.cat([mask, mask.new_ones((batch, max_new))], dim=1)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, logits_to_keep=1).logits
+    key = cache_keyword(model)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **{key: cache}).logits
     out: list[list[int]] = [[] for _ in range(batch)]
     rows = torch.arange(batch, device=ids.device)  # batch positions of the rows still decoding
     live = list(range(batch))
@@ -104,5 +113,5 @@ def greedy(
         position = position + 1
         fed += 1
         logits = model(
-            input_ids=token[:, None], attention_mask=full_mask[rows, : width + fed], position_ids=position, cache=work, logits_to_keep=1
+            input_ids=token[:, None], attention_mask=full_mask[rows, : width + fed], position_ids=position, logits_to_keep=1, **{key: work}
         ).logits

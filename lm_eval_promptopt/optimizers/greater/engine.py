@@ -28,7 +28,7 @@ from transformers import StaticCache
 from ...errors import PromptOptError
 from .batching import memory_budget, padded, rows_that_fit
 from .config import GreaterConfig
-from .decode import greedy, unsupported
+from .decode import cache_keyword, greedy, unsupported
 from .flops import Shape
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class Engine:
         tokens one generate call made."""
         self.new_tokens = 0
         self.fallback = unsupported(self.model)
+        self.cache_key = cache_keyword(self.model)
         """Why generation falls back to Hugging Face `generate` (None: `decode.greedy` runs)."""
         if self.fallback:
             log.warning("GReaTer generates with Hugging Face generate: the fast greedy decoder cannot run (%s)", self.fallback)
@@ -196,11 +197,11 @@ class Engine:
             top_k=None,
             pad_token_id=self.pad,
             stopping_criteria=stop_sequences_criteria(self.tok, self.until, width, len(ids)),
-            cache=StaticCache(config=self.model.config, max_cache_len=room),  # grows by no copies
+            **{self.cache_key: StaticCache(config=self.model.config, max_cache_len=room)},  # grows by no copies
             return_dict_in_generate=True,
         )
         generated = result.sequences[:, width:].tolist()
-        return generated, result.cache, len(generated[0]) - 1  # the last generated token was never fed
+        return generated, result[self.cache_key], len(generated[0]) - 1  # the last generated token was never fed
 
     def generate(self, contexts: list[list[int]]) -> list[list[int]]:
         """Greedy reasoning for every context (see `generate_and_read`)."""
@@ -261,7 +262,7 @@ class Engine:
         self.counters.add("tokens_processed", int(new.sum()))
         self.count(new.numel(), kept.shape[1] + new.shape[1])
         hidden = self.model.base_model(
-            input_ids=ids, attention_mask=torch.cat([kept.to(self.device), new], dim=1), position_ids=positions, cache=cache
+            input_ids=ids, attention_mask=torch.cat([kept.to(self.device), new], dim=1), position_ids=positions, **{self.cache_key: cache}
         ).last_hidden_state
         return [hidden[row, len(feed) - len(tail) - 1 : len(feed)] for row, (feed, tail) in enumerate(zip(feeds, tails))]
 
