@@ -114,13 +114,18 @@ def main() -> None:
         if name == "greater_step":
             print("gpu_check: greater_step ...", flush=True)
             started = time.time()
-            proc = subprocess.run([sys.executable, str(REPO / "scripts" / "greater_step_check.py"), "--device", args.device, "--out", str(out)], env=env, capture_output=True, text=True)
-            step_lines = [f"greater_step: exit {proc.returncode}, {time.time() - started:.1f} s wall"] + [f"  {x}" for x in proc.stdout.splitlines() if x.startswith("greater_step:")]
+            # its lines as they come: a run cut by a time limit still shows the figures it reached
+            proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "greater_step_check.py"), "--device", args.device, "--out", str(out)],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+            figures = []
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                if line.startswith("greater_step:"):
+                    figures.append(f"  {line.rstrip()}")
+            step_lines = [f"greater_step: exit {proc.wait()}, {time.time() - started:.1f} s wall", *figures]
             if proc.returncode != 0:
                 failed.append(name)
-                print(proc.stdout[-3000:], proc.stderr[-5000:], sep="\n")
             lines += step_lines
-            print("\n".join(step_lines), flush=True)
             continue
         optimize, settings = RUNS[name]
         run_out, peak_file = out / name, out / f"{name}.peak.json"
