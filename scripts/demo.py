@@ -12,7 +12,7 @@ plot are.
 
 `--real`: the same on a real instruct model and real data: SmolLM2-135M-Instruct (fetched once from
 PyPI, see lm_eval_promptopt/models/smollm2.py) on BBH sports_understanding, GReaTer for 3 steps
-from its initial instruction (the baseline) on 20 held-out docs, generation capped at 48 tokens
+from its initial instruction (the baseline) on 20 held-out docs, generation capped at 32 tokens
 (BBH from ../shared/data when it is there, else from the hub).
 """
 
@@ -55,8 +55,8 @@ def real_command(out: Path) -> list[str]:
         local = ["--include_path", str(write_local_task_overrides(out / "local_tasks", data, names=("bbh_cot_zeroshot",)))]
     return [
         str(Path(sys.executable).with_name("lm_eval")),
-        "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu", "--batch_size", "16", *local,
-        "--apply_chat_template", "--tasks", REAL_TASK, "--gen_kwargs", "max_gen_toks=48", "--limit", "20",
+        "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu", "--batch_size", "32", *local,
+        "--apply_chat_template", "--tasks", REAL_TASK, "--gen_kwargs", "max_gen_toks=32", "--limit", "20",
         "--optimize", "greater", "--optimize_args", REAL_SEARCH, "--output_path", str(out / "results"),
     ]  # fmt: skip
 

@@ -39,17 +39,16 @@ TASKS = [*BBH, "gsm8k_cot_zeroshot", "folio_mc", "mmlu_marketing"]
 OPTIMIZERS = ["none", "candidates", "gpo", "greater"]
 CANDIDATES = [
     "Think step by step, then give the final answer.",
-    "You are a careful reasoner. Check each step, then state the answer clearly.",
     "Answer briefly. End with: So the answer is <answer>.",
 ]
 SIZES = "seed=0,train_size=4,dev_size=6"
 SETTINGS = {
     "none": SIZES,
     "candidates": f"{SIZES},candidates='{'|'.join(CANDIDATES)}'",
-    "gpo": f"{SIZES},optimizer_model=self,steps=1,samples=4,max_tokens=64,retrieval=recency",
+    "gpo": f"{SIZES},optimizer_model=self,steps=1,samples=2,max_tokens=64,retrieval=recency",
     "greater": f"{SIZES},steps=3,max_evals=2,harness_train=true",
 }
-GEN_TOKENS = 48
+GEN_TOKENS = 32
 HELDOUT = 20
 # Paper scale, for a GPU: the papers' own plans and budgets, held-out as large as the data gives.
 GPU_SETTINGS = {
@@ -75,7 +74,7 @@ def command(model: Path, tasks_dir: Path, task: str, optimizer: str, out: Path, 
         return [*base, "--device", "cuda", "--batch_size", "auto", "--apply_chat_template", "--tasks", task,
                 "--optimize", optimizer, "--optimize_args", GPU_SETTINGS[optimizer], "--log_samples", "--output_path", str(out)]  # fmt: skip
     return [
-        *base, "--device", "cpu", "--batch_size", "16", "--include_path", str(tasks_dir), "--apply_chat_template",
+        *base, "--device", "cpu", "--batch_size", "32", "--include_path", str(tasks_dir), "--apply_chat_template",
         "--tasks", task, "--gen_kwargs", f"max_gen_toks={GEN_TOKENS}", "--limit", str(heldout),
         "--optimize", optimizer, "--optimize_args", SETTINGS[optimizer], "--log_samples", "--output_path", str(out),
     ]  # fmt: skip

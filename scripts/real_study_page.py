@@ -274,7 +274,7 @@ template applied (`--apply_chat_template`). **Machine.** {machine}, shared with 
 
 **Budgets (CPU, small: read the intervals).** Every unit is one `lm_eval --optimize` run, held-out
 capped at the first {settings['heldout']} held-out docs of each task (`--limit`), generation capped at
-`max_gen_toks={settings['gen_tokens']}` for every generation (search and held-out alike), batch 16.
+`max_gen_toks={settings['gen_tokens']}` for every generation (search and held-out alike), batch 32.
 All optimizers get the same seeded split plan (seed 0, 4 optimize-train and 6 optimize-dev docs), so
 the held-out docs are the same docs and the differences are paired. The baseline is `--optimize none`
 with no instruction: stock lm-eval's prompt, with SmolLM2's own default system message.
