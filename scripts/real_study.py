@@ -84,15 +84,15 @@ def done(unit: Path) -> bool:
     return any(unit.rglob("results_*.json"))
 
 
-def run_units(model: Path, tasks_dir: Path, out: Path, tasks: list[str], heldout: int) -> None:
+def run_units(model: Path, tasks_dir: Path, out: Path, tasks: list[str], heldout: int, optimizers: list[str]) -> None:
     """Run every unfinished unit, with a bar over their relative costs whose estimate comes from
     the units finished in this process."""
     from tqdm.auto import tqdm
 
-    todo = [o for o in OPTIMIZERS if not done(out / "units" / o)]
+    todo = [o for o in optimizers if not done(out / "units" / o)]
     bar = tqdm(total=sum(WEIGHT[o] for o in todo), desc="real study", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} [{elapsed}<{remaining}]")
-    log = out / "units.log"
     for optimizer in todo:
+        log = out / f"units_{optimizer}.log"
         unit = out / "units" / optimizer
         unit.mkdir(parents=True, exist_ok=True)
         cmd = command(model, tasks_dir, ",".join(tasks), optimizer, unit, heldout)
@@ -119,7 +119,7 @@ def run_screen(model: Path, tasks_dir: Path, out: Path) -> None:
            "--batch_size", "16", "--include_path", str(tasks_dir), "--apply_chat_template", "--tasks", "bbh_cot_zeroshot",
            "--gen_kwargs", f"max_gen_toks={GEN_TOKENS}", "--limit", str(SCREEN_LIMIT), "--output_path", str(target)]  # fmt: skip
     print("real study: screen:", shlex.join(cmd), flush=True)
-    with open(out / "units.log", "a", encoding="utf-8") as fh:
+    with open(out / "units_screen.log", "a", encoding="utf-8") as fh:
         subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env(), check=False)
 
 
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "real_study_output"), help="where the units go")
     parser.add_argument("--page", default=str(REPO / "docs" / "real_study.md"), help="the markdown page to write")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
+    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="comma-separated units to run (several studies with disjoint lists may run at once)")
     parser.add_argument("--heldout", type=int, default=HELDOUT, help="held-out docs per task (--limit)")
     parser.add_argument("--screen", action="store_true", help="also run the 27-task BBH baseline screen after the units")
     parser.add_argument("--page-only", action="store_true", help="write the page from the finished units, run nothing")
@@ -144,19 +145,22 @@ def main() -> None:
     from tests.support.testbed import write_local_task_overrides
 
     model = smollm2_model()
-    tasks_dir = write_local_task_overrides(out / "local_tasks", REPO.parent / "shared" / "data")
+    tasks_dir = out / "local_tasks"
+    if not tasks_dir.is_dir():
+        write_local_task_overrides(tasks_dir, REPO.parent / "shared" / "data")
     if not args.page_only:
         out.mkdir(parents=True, exist_ok=True)
-        start = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load": os.getloadavg()}
+        start = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load": list(os.getloadavg()), "command": regenerate}
         meta_path = out / "study.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"runs": []}
         meta["runs"].append(start)
         meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
         began = time.time()
-        run_units(model, tasks_dir, out, tasks, args.heldout)
+        run_units(model, tasks_dir, out, tasks, args.heldout, [o.strip() for o in args.optimizers.split(",") if o.strip() in OPTIMIZERS])
         if args.screen:
             run_screen(model, tasks_dir, out)
-        meta["runs"][-1] |= {"wall_s": round(time.time() - began, 1), "end_load": os.getloadavg(), "command": regenerate}
+        meta = json.loads(meta_path.read_text())  # other studies (other --optimizers) may have written it since
+        meta["runs"] = [r | {"wall_s": round(time.time() - began, 1), "end_load": os.getloadavg(), "command": regenerate} if r == start else r for r in meta["runs"]]
         meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
     from real_study_page import write_page
 

