@@ -80,6 +80,11 @@ def command(model: Path, tasks_dir: Path, task: str, optimizer: str, out: Path, 
     ]  # fmt: skip
 
 
+def part(tasks: list[str]) -> str:
+    """The unit folder's suffix for a subset of the tasks (several processes may share the work)."""
+    return "" if tasks == TASKS else "_" + "+".join(t.replace("bbh_cot_zeroshot_", "") for t in tasks)
+
+
 def done(unit: Path) -> bool:
     return any(unit.rglob("results_*.json"))
 
@@ -89,11 +94,11 @@ def run_units(model: Path, tasks_dir: Path, out: Path, tasks: list[str], heldout
     the units finished in this process."""
     from tqdm.auto import tqdm
 
-    todo = [o for o in optimizers if not done(out / "units" / o)]
+    todo = [o for o in optimizers if not done(out / "units" / o / part(tasks).lstrip("_") if part(tasks) else out / "units" / o)]
     bar = tqdm(total=sum(WEIGHT[o] for o in todo), desc="real study", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} [{elapsed}<{remaining}]")
     for optimizer in todo:
-        log = out / f"units_{optimizer}.log"
-        unit = out / "units" / optimizer
+        log = out / f"units_{optimizer}{part(tasks)}.log"
+        unit = out / "units" / optimizer / part(tasks).lstrip("_") if part(tasks) else out / "units" / optimizer
         unit.mkdir(parents=True, exist_ok=True)
         cmd = command(model, tasks_dir, ",".join(tasks), optimizer, unit, heldout)
         bar.set_postfix_str(optimizer)

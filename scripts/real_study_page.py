@@ -54,15 +54,16 @@ def samples(unit: Path, task: str) -> dict[str, dict[int, dict[str, Any]]]:
 
 
 def load_unit(unit: Path, task: str) -> dict[str, Any] | None:
-    """A finished unit: results, the task's prompt_optimization entry, per-doc samples, timings."""
-    results = sorted(unit.rglob("results_*.json"))
-    if not results:
-        return None
-    data = json.loads(results[-1].read_text(encoding="utf-8"))
-    if task not in data["results"]:
-        return None
-    meta = json.loads((unit / "unit.json").read_text()) if (unit / "unit.json").is_file() else {}
-    return {"results": data["results"][task], "po": data["prompt_optimization"]["tasks"][task], "samples": samples(unit, task), "meta": meta, "file": results[-1]}
+    """A finished unit's `task`: results, its prompt_optimization entry, per-doc samples, timings
+    (the unit may be split over processes by task: the results JSON that holds the task)."""
+    for results in sorted(unit.rglob("results_*.json"), reverse=True):
+        data = json.loads(results.read_text(encoding="utf-8"))
+        if task in data["results"]:
+            folder = results.parent.parent
+            meta = json.loads((folder / "unit.json").read_text()) if (folder / "unit.json").is_file() else {}
+            po = data["prompt_optimization"]["tasks"][task]
+            return {"results": data["results"][task], "po": po, "samples": samples(results.parent, task), "meta": meta, "file": results}
+    return None
 
 
 def outcomes(unit: dict[str, Any], metric: str) -> dict[int, float]:
@@ -238,10 +239,6 @@ def screen_table(out: Path) -> str:
     return "\n".join(lines)
 
 
-def unit_meta(unit: Path) -> dict[str, Any] | None:
-    return json.loads((unit / "unit.json").read_text()) if (unit / "unit.json").is_file() else None
-
-
 def write_page(out: Path, page: Path, tasks: list[str], optimizers: list[str], model: Path, machine: str, gpu: list[str], settings: dict[str, Any]) -> None:
     from transformers import AutoTokenizer
 
@@ -253,9 +250,10 @@ def write_page(out: Path, page: Path, tasks: list[str], optimizers: list[str], m
     html = page.with_name(page.stem + "_leaderboard.html")
     lb = subprocess.run([str(Path(sys.executable).with_name("lm-eval-promptopt")), "leaderboard", str(out / "units"), "--format", "html", "--out", str(html)], capture_output=True, text=True, check=False)
     runs = "\n".join(
-        f"- `{LABEL[o]}`: {u['wall_s'] / 60:.1f} min, exit {u['exit_code']}, load average at its end {', '.join(f'{x:.2f}' for x in u['load'])}"
-        for o in optimizers
-        if (u := unit_meta(out / "units" / o))
+        f"- `{LABEL[u.parent.name] if u.parent.name in LABEL else LABEL[u.parent.parent.name] + ' (' + u.parent.name + ')'}`: "
+        f"{m['wall_s'] / 60:.1f} min, exit {m['exit_code']}, load average at its end {', '.join(f'{x:.2f}' for x in m['load'])}"
+        for u in sorted((out / "units").rglob("unit.json"))
+        if (m := json.loads(u.read_text()))
     )
     command = f"python scripts/real_study.py --heldout {settings['heldout']}"
     status = "All units finished." if not missing else f"**Not finished** ({len(missing)} units; their rows are absent): " + "; ".join(missing) + "."

@@ -37,8 +37,8 @@ def run_real(model_args: str, local_tasks: Path, out: Path, optimizer: str, sett
         [
             "--model", "hf", "--model_args", model_args, "--device", "cpu", "--batch_size", "8",
             "--include_path", str(local_tasks), "--apply_chat_template", "--tasks", TASK,
-            "--gen_kwargs", "max_gen_toks=12", "--limit", "3", "--log_samples",
-            "--optimize", optimizer, "--optimize_args", f"train_size=3,dev_size=2,seed=3,{settings}", "--output_path", str(out),
+            "--gen_kwargs", "max_gen_toks=8", "--limit", "3", "--log_samples",
+            "--optimize", optimizer, "--optimize_args", f"train_size=3,dev_size=1,seed=3,{settings}", "--output_path", str(out),
         ],
         OMP_NUM_THREADS="1",
     )  # fmt: skip
@@ -51,7 +51,7 @@ def check_plan_and_prompts(results: dict, out: Path) -> dict:
     task = results["prompt_optimization"]["tasks"][TASK]
     plan = task["plan"]
     train, dev, held = (plan[k]["indices"] for k in ("train", "dev", "heldout"))
-    assert plan["family"] == "bbh" and (len(train), len(dev)) == (3, 2) and len(set(train) | set(dev) | set(held)) == 250
+    assert plan["family"] == "bbh" and (len(train), len(dev)) == (3, 1) and len(set(train) | set(dev) | set(held)) == 250
     (samples,) = list(out.rglob(f"samples_{TASK}_*.jsonl"))
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     assert sorted({r["doc_id"] for r in rows}) == sorted(held[:3])  # --limit 3: the plan's first held-out docs
