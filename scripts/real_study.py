@@ -59,7 +59,7 @@ GPU_SETTINGS = {
 }
 # Relative cost of a unit in held-out-doc evaluations (for the progress bar's first estimate).
 WEIGHT = {"none": 1.0, "candidates": 1.9, "gpo": 2.4, "greater": 3.2}
-SCREEN_LIMIT = 8
+SCREEN_LIMIT = 8  # real_study_page.SCREEN_DOCS
 
 
 def env() -> dict[str, str]:

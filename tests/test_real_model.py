@@ -59,7 +59,9 @@ def check_plan_and_prompts(results: dict, out: Path) -> dict:
     assert instruction
     for row in rows:
         context = row["arguments"]["gen_args_0"]["arg_0"] if isinstance(row["arguments"], dict) else row["arguments"][0][0]
-        assert context.startswith(f"<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n"), context[:300]
+        # one system message: the instruction, then (as lm-eval joins them) the task's description
+        assert context.startswith(f"<|im_start|>system\n{instruction}\n\n"), context[:300]
+        assert context.count("<|im_start|>system") == 1 and context.count(instruction) == 1
         assert DEFAULT_SYSTEM not in context
     return task
 
