@@ -145,7 +145,7 @@ def analyse(out: Path, tasks: list[str], optimizers: list[str], tokenizer: Any) 
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| task | optimizer | held-out (reported metric) [95% CI] | Δ vs baseline [95% CI] | McNemar p | other filter | "
-            "optimized metric | chosen instruction | search s | run s | gen. tokens held-out / search |")  # fmt: skip
+            "optimized metric | chosen instruction | search s | unit s | gen. tokens held-out / search |")  # fmt: skip
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         s = r["scores"][r["reported"]]
@@ -237,7 +237,8 @@ def screen_table(out: Path) -> str:
             "was stopped to leave the time to the study. The three BBH tasks were chosen without it: "
             "two-way answers (a 135M model is at chance there, not at floor: the issue's own check measured "
             "flexible-extract 0.467 on sports_understanding) and the shortest prompts of BBH (the cost on CPU "
-            "is mostly the prompt's tokens)."
+            "is mostly the prompt's tokens). At 32 generated tokens boolean_expressions and web_of_lies came out "
+            "near floor on the baseline (the reasoning is cut before an answer): a screen would have picked others."
         )
     res = json.loads(files[-1].read_text())["results"]
     rows = sorted(((k.replace("bbh_cot_zeroshot_", ""), v.get("exact_match,flexible-extract"), v.get("exact_match,strict-match")) for k, v in res.items() if k.startswith("bbh_cot_zeroshot_")), key=lambda x: -(x[1] or 0))
@@ -290,6 +291,7 @@ capped at the first {settings['heldout']} held-out docs of each task (`--limit`)
 All optimizers get the same seeded split plan (seed 0, 4 optimize-train and 6 optimize-dev docs), so
 the held-out docs are the same docs and the differences are paired. The baseline is `--optimize none`
 with no instruction: stock lm-eval's prompt, with SmolLM2's own default system message.
+
 {args}
 
 The held-out size is far below the 100 docs the data allows: on this 2-core machine, shared with
@@ -302,8 +304,9 @@ only large effects: read every row as a smoke-scale measurement, not a finding. 
 Held-out score with a 95 % Wilson interval; Δ: paired difference against the baseline on the same
 docs, 95 % paired-bootstrap interval ({BOOTSTRAP} resamples, seed 0) and McNemar's exact test. The
 reported metric is the one optimized (lm-eval's primary metric for the task, e.g. BBH's
-`flexible-extract`); other filters are in the next column. Search s: the search's wall time; run s:
-the whole `lm_eval` process (model load, search, held-out evaluation). Generated tokens: on the
+`flexible-extract`); other filters are in the next column. Search s: the task's search wall time
+(for the baseline: scoring the default prompt on optimize-dev); unit s: the whole `lm_eval` process
+of the unit, all its tasks together (model load, searches, held-out evaluation). Generated tokens: on the
 held-out docs, and by the search outside harness evaluations (GReaTer's regenerations, GPO's
 optimizer LLM).
 
@@ -331,7 +334,8 @@ extractor (where that share is high, the criterion cannot see an instruction hel
 ## Paper scale on a GPU
 
 The same study at the papers' budgets (their split plans and steps, held-out as large as the data
-gives, generation uncapped; tasks and data from the hub), one run per optimizer:
+gives, generation uncapped; tasks and data from the hub; one split plan for every optimizer, GReaTer's
+Table 1 rows, so the differences stay paired), one run per optimizer:
 
 ```bash
 {chr(10).join(gpu)}
