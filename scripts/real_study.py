@@ -46,7 +46,7 @@ SETTINGS = {
     "none": SIZES,
     "candidates": f"{SIZES},candidates='{'|'.join(CANDIDATES)}'",
     "gpo": f"{SIZES},optimizer_model=self,steps=1,samples=2,max_tokens=64,retrieval=recency",
-    "greater": f"{SIZES},steps=3,max_evals=2,harness_train=true",
+    "greater": f"{SIZES},steps=2,max_evals=4,harness_train=true",  # max_evals: initial on dev, 2 harness train scores, 1 final dev
 }
 GEN_TOKENS = 32
 HELDOUT = 20
