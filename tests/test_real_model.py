@@ -67,7 +67,7 @@ def check_plan_and_prompts(results: dict, out: Path) -> dict:
 
 
 def test_greater_on_smollm2_through_the_cli(model_dir: Path, local_tasks: Path, tmp_path: Path):
-    results = run_real(f"pretrained={model_dir}", local_tasks, tmp_path, "greater", "steps=2,max_evals=2,harness_train=true")
+    results = run_real(f"pretrained={model_dir}", local_tasks, tmp_path, "greater", "steps=2,harness_train=true")
     task = check_plan_and_prompts(results, tmp_path)
     steps = [s for s in task["details"]["steps"] if "step" in s]
     assert len(steps) == 2 and all("harness_train_score" in s and "gold_near_zero" in s for s in steps)
