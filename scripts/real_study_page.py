@@ -89,13 +89,17 @@ def generated_tokens(unit: dict[str, Any], tokenizer: Any) -> int:
     return total
 
 
-def search_tokens(po: dict[str, Any]) -> int | None:
-    """Tokens the search generated outside harness evaluations: GReaTer's regenerations, GPO's optimizer LLM."""
+def search_tokens(po: dict[str, Any]) -> str | None:
+    """What the search generated outside harness evaluations: GReaTer's regenerations (count x the
+    longest, as it records them), GPO's optimizer-LLM completion tokens."""
     details = po.get("details") or {}
-    if "steps" in details and isinstance(details["steps"], list):
-        return sum(s.get("regeneration_shapes", {}).get("new_tokens", 0) for s in details["steps"] if isinstance(s, dict))
+    if isinstance(details.get("steps"), list):
+        steps = [s for s in details["steps"] if isinstance(s, dict) and "counters" in s]
+        gens = sum(s["counters"].get("generations", 0) for s in steps)
+        longest = max((s.get("regeneration_shapes", {}).get("new_tokens", 0) for s in steps), default=0)
+        return f"{gens} regenerations ≤ {longest} tok" if gens else "0"
     usage = (details.get("optimizer") or {}).get("usage") or {}
-    return usage.get("completion_tokens")
+    return None if usage.get("completion_tokens") is None else str(usage["completion_tokens"])
 
 
 def fmt_ci(lo: float, hi: float, signed: bool = False) -> str:
