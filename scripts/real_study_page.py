@@ -176,8 +176,15 @@ def verdict(rows: list[dict[str, Any]]) -> str:
             wins.append(f"{r['optimizer']} on {r['task']} ({s['diff']:+.2f})")
         elif s["diff"] > 0:
             better.append(f"{r['optimizer']} on {r['task']} ({s['diff']:+.2f}, p = {s['p']:.2f})")
+    tests = sorted(r["scores"][r["reported"]]["p"] for r in rows if "p" in r["scores"][r["reported"]])
+    holm = min(1.0, tests[0] * len(tests)) if tests else 1.0  # Holm's adjusted p of the smallest p-value
     if wins:
-        text = "An optimizer beat the baseline with a 95 % interval above zero and McNemar p < 0.05 on: " + "; ".join(wins) + "."
+        text = (
+            "An optimizer beat the baseline with a 95 % interval above zero and McNemar p < 0.05 on: " + "; ".join(wins) + ". "
+            f"These are {len(tests)} comparisons without correction: about {0.05 * len(tests):.1f} such results are expected "
+            f"by chance alone, and after Holm's correction {'none remains' if holm >= 0.05 else 'the smallest remains'} "
+            f"(smallest adjusted p = {holm:.2f})."
+        )
     else:
         text = "**No optimizer beat the baseline on any task**: no paired difference has a 95 % interval above zero with McNemar p < 0.05."
     if better:
@@ -222,7 +229,7 @@ def plot(rows: list[dict[str, Any]], tasks: list[str], optimizers: list[str], pa
                     ys.append(s["score"])
                     lo.append(s["score"] - s["ci"][0])
                     hi.append(s["ci"][1] - s["score"])
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=LABEL[opt])
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=LABEL[opt], color=f"C{j}")
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels([t.replace("bbh_cot_zeroshot_", "bbh/") for t in tasks], rotation=15, fontsize=8)
     ax.set_ylabel("held-out score (95% Wilson CI)")
