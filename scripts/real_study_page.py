@@ -8,6 +8,7 @@ import math
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,14 @@ def write_page(out: Path, page: Path, tasks: list[str], optimizers: list[str], m
         for u in sorted((out / "units").rglob("unit.json"))
         if (m := json.loads(u.read_text()))
     )
+    spans = [(u.stat().st_mtime - json.loads(u.read_text())["wall_s"], u.stat().st_mtime) for u in (out / "units").rglob("unit.json")]
+    if spans:
+        first, last = min(a for a, _ in spans), max(b for _, b in spans)
+        clock = lambda t: time.strftime("%H:%M", time.gmtime(t))  # noqa: E731
+        runs += (
+            f"\n\nThe {len(spans)} processes ran side by side from {clock(first)} to {clock(last)} UTC: "
+            f"{(last - first) / 60:.0f} minutes of wall time for the whole study (one after the other they would take the sum above)."
+        )
     command = f"python scripts/real_study.py --heldout {settings['heldout']}"
     status = "All units finished." if not missing else f"**Not finished** ({len(missing)} units; their rows are absent): " + "; ".join(missing) + "."
     args = "\n".join(f"- `{o}`: `{a}`" for o, a in settings["optimize_args"].items())
