@@ -57,6 +57,7 @@ def test_each_step_records_the_harness_train_score_and_the_gold_share(lm, tasks,
     steps = [s for s in result.details["steps"] if "step" in s]
     search, fresh = Search(config, make_problem(lm, tasks[TASK])), make_problem(lm, tasks[TASK])
     for s in steps:
+        assert (s["chosen"], "train") in problem.objective.memo  # scored by the harness on optimize-train
         assert s["harness_train_score"] == fresh.score(s["chosen"], "train")  # lm-eval's own score, re-run
         ids = lm.tokenizer.encode(s["chosen"], add_special_tokens=False)[len(search.fixed) :]
         assert s["gold_near_zero"] == pytest.approx(_gold_near_zero(search, ids))
