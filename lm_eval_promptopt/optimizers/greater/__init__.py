@@ -23,6 +23,7 @@ from typing import Any
 from ...harness.setup import unwrap
 from ..base import OptimizationResult, Optimizer, Problem, register_optimizer
 from .config import CANDIDATES_SCORED, FIXED_PREFIX, INITIAL_PROMPT, TOP_KEPT, GreaterConfig
+from .diagnosis import diagnose
 from .engine import needs_hf, peak_memory_mb
 from .search import Search
 
@@ -92,6 +93,7 @@ class Greater(Optimizer):
                 "top_prompts": [{"instruction": t, "train_criterion": -c, "dev_score": s} for s, c, t in sorted(dev, reverse=True)],
                 "best_dev_score": best_dev,
                 "steps": history,
+                "diagnosis": diagnose(problem.task_name, history, self.config.extractor),
                 "counters": dict(search.engine.counters),
                 "peak_memory_mb": peak_memory_mb(search.lm.device),
                 "batch_memory_mb": round(search.engine.budget / 2**20),

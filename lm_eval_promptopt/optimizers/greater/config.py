@@ -34,6 +34,9 @@ class GreaterConfig:
     proposal: str = "example"
     """`example`: propose from "{question}. Use {prompt prefix}" per example (the paper's layout);
     `rendered`: from the rendered prompt prefix (one distribution shared by all examples)."""
+    harness_train: bool = False
+    """Also score each step's chosen instruction on optimize-train with the harness (one harness
+    evaluation per new instruction), recorded beside the criterion with their rank correlation."""
     batch_size: int | None = None
     """Cap on the sequences per forward/backward/generation batch; None: lm-eval's integer
     `--batch_size` where it is above 1, else none. Batches are sized to memory below it."""

@@ -37,6 +37,12 @@ class Scored:
     error: float
     nll: float
     reasoning: list[list[int]]
+    gold_near_zero: float | None = None
+    """Share of train docs whose bare gold answer has probability below `NEAR_ZERO` after the
+    reasoning and the extractor (None for multiple choice)."""
+
+
+NEAR_ZERO = 0.01
 
 
 class Scorer:
@@ -166,14 +172,16 @@ class Scorer:
         flat, hidden = engine.generate_and_read([c for p in prompts for c in self.contexts(p)], tails)
         results = []
         for k, prompt in enumerate(prompts):
-            errors = []
+            errors, near_zero = [], 0
             with engine.phase("forwards"):
                 for i, ex in enumerate(self.examples):
                     logits = engine.logits(hidden[k * n + i][len(ex.extractor) : len(ex.extractor) + len(ex.answer)])
                     errors.append(float(logits.argmax(-1).tolist() != ex.answer))
+                    gold = torch.log_softmax(logits, -1).gather(1, torch.tensor(ex.answer, device=logits.device)[:, None]).sum()
+                    near_zero += float(gold.exp()) < NEAR_ZERO
             nlls = engine.prompt_nll([ex.prefix + self.fixed + prompt for ex in self.examples], len(prompt))
             error, nll = sum(errors) / n, sum(nlls) / n
-            results.append(Scored(error + SELECTION_FLUENCY * nll, error, nll, flat[k * n : (k + 1) * n]))
+            results.append(Scored(error + SELECTION_FLUENCY * nll, error, nll, flat[k * n : (k + 1) * n], near_zero / n))
         return results
 
     def _score_choices(self, prompt: list[int]) -> Scored:

@@ -201,7 +201,7 @@ class Search:
         self.initial_length = state["initial_length"]
         self.engine.counters.update(state["counters"])
         for e in log.journal():
-            self.memo[tuple(e["ids"])] = Scored(e["criterion"], e["error"], e["nll"], e["reasoning"])
+            self.memo[tuple(e["ids"])] = Scored(e["criterion"], e["error"], e["nll"], e["reasoning"], e.get("gold_near_zero"))
         return state
 
     def _step(self, step: int, prompt: list[int], pos: int, reasoning: list[list[int]], rng: random.Random) -> tuple[dict[str, Any], list[int], int]:
@@ -228,7 +228,10 @@ class Search:
             "criterion": scored.criterion,
             "train_error": scored.error,
             "prompt_nll": scored.nll,
+            "gold_near_zero": scored.gold_near_zero,
         }
+        if self.config.harness_train:  # the harness's own score beside the criterion (memoized, replayed on resume)
+            entry["harness_train_score"] = self.problem.score(self.text(best), "train")
         return entry, best, skipped
 
     def _to_score(self, prompt: list[int], pos: int, order: list[int]) -> tuple[list[list[int]], int]:
