@@ -251,6 +251,7 @@ def test_api_keys_are_checked_by_preflight_not_by_the_config(monkeypatch):
 
 
 def test_a_missing_api_key_fails_before_the_model_loads(tmp_path):
+    (tmp_path / "never_loaded").mkdir()  # an empty model folder: would fail only when loaded
     proc = run_lm_eval(
         ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'never_loaded'}", "--tasks", "mmlu_anatomy",
          "--optimize", "gpo", "--optimize_args", "retrieval=none,optimizer_model=gpt-4o"],

@@ -64,11 +64,12 @@ def test_transfer_refuses_held_out_docs_the_source_was_optimized_on(local_tasks:
     ],
 )
 def test_checks_fail_before_the_model_loads(setting: str, needle: str, tmp_path: Path):
-    """Each would otherwise fail only after the model load (here: a missing model, exit 3) or
+    """Each would otherwise fail only after the model load (here: an empty model folder, exit 3) or
     after the searches; none loads the model or writes a run folder."""
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    model = ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'no_model'}", "--device", "cpu"]
+    (tmp_path / "empty_model").mkdir()
+    model = ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'empty_model'}", "--device", "cpu"]
     out, extra = tmp_path / "out", []
     if setting == "greater":
         model = ["--model", "local-completions", "--model_args", "model=m,base_url=http://127.0.0.1:9/v1/completions"]
@@ -86,8 +87,9 @@ def test_checks_fail_before_the_model_loads(setting: str, needle: str, tmp_path:
 
 @needs_shared_data
 def test_sizes_are_checked_before_the_model_loads(local_tasks: Path, tmp_path: Path):
+    (tmp_path / "empty_model").mkdir()  # would fail only when loaded
     proc = run_lm_eval(
-        ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'no_model'}", "--device", "cpu", "--include_path", str(local_tasks),
+        ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'empty_model'}", "--device", "cpu", "--include_path", str(local_tasks),
          "--tasks", TASK, "--optimize", "none", "--optimize_args", "train_size=200,dev_size=100", "--output_path", str(tmp_path)],
         check=False,
     )  # fmt: skip
