@@ -51,10 +51,11 @@ def check_plan_and_prompts(results: dict, out: Path) -> dict:
     task = results["prompt_optimization"]["tasks"][TASK]
     plan = task["plan"]
     train, dev, held = (plan[k]["indices"] for k in ("train", "dev", "heldout"))
-    assert plan["family"] == "bbh" and (len(train), len(dev)) == (3, 1) and len(set(train) | set(dev) | set(held)) == 250
+    assert plan["family"] == "bbh" and (len(train), len(dev)) == (3, 1) and len(set(train) | set(dev) | set(held)) == 3 + 1 + 3
+    assert plan["heldout"]["planned_size"] == 250 - 3 - 1 and plan["heldout"]["limit"] == 3  # the plan covers every doc
     (samples,) = list(out.rglob(f"samples_{TASK}_*.jsonl"))
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
-    assert sorted({r["doc_id"] for r in rows}) == sorted(held[:3])  # --limit 3: the plan's first held-out docs
+    assert sorted({r["doc_id"] for r in rows}) == sorted(held)  # --limit 3: the plan's first held-out docs, as recorded
     instruction = task["final_instruction"]
     assert instruction
     for row in rows:
