@@ -262,7 +262,7 @@ class OptimizeRun:
             entry = self.cache.save(key, asdict(searched))  # a failed write warns; the run's outputs hold the search
             searched.cache_entry = str(entry) if entry else None
         elif self.cache is not None:
-            print(f"lm_eval_promptopt: {name}: the time limit stopped this search, so it is not cached (how far it gets depends on the machine's speed and load)")
+            tqdm.write(f"lm_eval_promptopt: {name}: the time limit stopped this search, so it is not cached (how far it gets depends on the machine's speed and load)")
         checkpoint.save({"outcome": asdict(searched)})
         return searched
 
