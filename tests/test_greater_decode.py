@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from conftest import SHARED_DATA, needs_shared_data
 from lm_eval_promptopt.optimizers.greater import GreaterConfig
+from lm_eval_promptopt.optimizers.greater.decode import cache_keyword
 from lm_eval_promptopt.optimizers.greater.engine import Engine
 from support.testbed import build_tiny_model
 
@@ -111,3 +112,17 @@ def test_a_generation_config_with_processors_falls_back_to_generate(tmp_path: Pa
     fast = engine(lm, [], 12)
     fast.fallback = None
     assert slow.generate(contexts(lm)) != fast.generate(contexts(lm))  # the decoder would not apply the penalty
+
+
+def test_the_kv_cache_goes_under_the_keyword_the_installed_transformers_takes():
+    """transformers renamed `past_key_values` to `cache`: a cache passed under the other name would
+    fall into the forward's **kwargs unused (every token decoded without its context, as on an H200
+    with transformers 5.17)."""
+
+    class Renamed(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, **kwargs): ...
+
+    class Before(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
+
+    assert (cache_keyword(Renamed()), cache_keyword(Before())) == ("cache", "past_key_values")

