@@ -44,7 +44,7 @@ def llama3_lm(tmp_path_factory: pytest.TempPathFactory) -> HFLM:
 @pytest.fixture(scope="module")
 def tasks(local_tasks: Path) -> dict:
     loaded = TaskManager(include_path=str(local_tasks)).load([TASK, "mmlu_anatomy"])
-    apply_task_overrides(loaded["tasks"], {"fewshot_random_seed": 1234, "gen_kwargs": {"max_gen_toks": 5}})
+    apply_task_overrides(loaded["tasks"], gen_kwargs={"max_gen_toks": 5}, fewshot_seed=1234)
     return loaded["tasks"]
 
 
@@ -264,7 +264,7 @@ def test_multiple_choice_error_is_the_harness_accuracy_on_train(lm, tasks):
 def test_answer_target_is_the_bare_gold_after_the_papers_frame(lm, local_tasks):
     names = ["bbh_cot_zeroshot_date_understanding", "bbh_cot_zeroshot_boolean_expressions", "gsm8k_cot_zeroshot"]
     loaded = TaskManager(include_path=str(local_tasks)).load(names)["tasks"]
-    apply_task_overrides(loaded, {"fewshot_random_seed": 1234})
+    apply_task_overrides(loaded, fewshot_seed=1234)
     tok = lm.tokenizer
     for name, answers, options in (
         (names[0], set("ABCDEF"), "'$A' or '$B' or '$C' or '$D' or '$E' or '$F'"),

@@ -37,7 +37,7 @@ def metaspace_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def task(local_tasks: Path):
     loaded = TaskManager(include_path=str(local_tasks)).load([TASK])["tasks"]
-    apply_task_overrides(loaded, {"fewshot_random_seed": 1234, "gen_kwargs": {"max_gen_toks": 8}})
+    apply_task_overrides(loaded, gen_kwargs={"max_gen_toks": 8}, fewshot_seed=1234)
     return loaded[TASK]
 
 
