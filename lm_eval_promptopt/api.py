@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PromptOptError
-from .harness.settings import EvalSettings
+from .harness.settings import EvalSettings, check_names
 from .pipeline import OptimizeRun
 
 
@@ -140,6 +140,7 @@ def simple_evaluate(
     instruction cache. Like lm-eval's own function it writes no results JSON or samples file.
     Raises `PromptOptError` (a one-line message) for bad settings or a failed stage.
     """
+    check_names(lm_eval_kwargs)  # a typo fails before anything loads
     run = prepare(
         optimizer, optimizer_args, optimized_prompts, optimize_cache, model=model, model_args=model_args,
         output_path=output_path, system_instruction=lm_eval_kwargs.get("system_instruction"), limit=lm_eval_kwargs.get("limit"),

@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,6 +101,23 @@ def run_lm_eval(args: list[str], entry: str = "lm_eval", check: bool = True, **e
     if check and proc.returncode != 0:
         raise AssertionError(f"lm_eval exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
     return proc
+
+
+@pytest.fixture
+def evaluate(tmp_path: Path) -> Callable[..., dict]:
+    """`lm_eval_promptopt.simple_evaluate` in this process, self-contained: a fresh instruction
+    cache and run folders under tmp_path unless a test gives others (the test stand-ins `oracle`,
+    ... registered). Each call builds its own TaskManager, model and seeds, as the API does."""
+    import oracle_model  # noqa: F401  (registers --model oracle and the test optimizers)
+
+    from lm_eval_promptopt import simple_evaluate
+
+    def run(**kwargs: Any) -> dict:
+        kwargs.setdefault("optimize_cache", tmp_path / "instruction-cache")
+        kwargs.setdefault("output_path", tmp_path)
+        return simple_evaluate(**kwargs)
+
+    return run
 
 
 def load_results(output_path: Path) -> dict:

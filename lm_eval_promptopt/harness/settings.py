@@ -18,6 +18,18 @@ from typing import Any
 from ..errors import PromptOptError
 
 
+def check_names(kwargs: dict[str, Any]) -> Any:
+    """Refuse an argument that lm-eval's `simple_evaluate` does not take (naming the ones it does);
+    its parameters otherwise."""
+    from lm_eval.evaluator import simple_evaluate
+
+    params = inspect.signature(simple_evaluate).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise PromptOptError(f"unknown lm-eval argument(s) {', '.join(unknown)}: lm_eval.simple_evaluate takes {', '.join(params)}")
+    return params
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """The lm-eval arguments of one run (defaults: `lm_eval.evaluator.simple_evaluate`'s)."""
@@ -53,12 +65,7 @@ class EvalSettings:
     @classmethod
     def from_lm_eval(cls, kwargs: dict[str, Any], output_path: str | Path | None = None) -> EvalSettings:
         """From `simple_evaluate`'s keyword arguments; `output_path` defaults to the tracker's."""
-        from lm_eval.evaluator import simple_evaluate
-
-        params = inspect.signature(simple_evaluate).parameters
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            raise PromptOptError(f"unknown lm-eval argument(s) {', '.join(unknown)}: lm_eval.simple_evaluate takes {', '.join(params)}")
+        params = check_names(kwargs)
         values = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
         values.update(kwargs)
         tracker = values.get("evaluation_tracker")
