@@ -103,19 +103,26 @@ def run_lm_eval(args: list[str], entry: str = "lm_eval", check: bool = True, **e
     return proc
 
 
-@pytest.fixture
-def evaluate(tmp_path: Path) -> Callable[..., dict]:
-    """`lm_eval_promptopt.simple_evaluate` in this process, self-contained: a fresh instruction
-    cache and run folders under tmp_path unless a test gives others (the test stand-ins `oracle`,
-    ... registered). Each call builds its own TaskManager, model and seeds, as the API does."""
-    import oracle_model  # noqa: F401  (registers --model oracle and the test optimizers)
+def evaluate_in_process(**kwargs: Any) -> dict:
+    """`lm_eval_promptopt.simple_evaluate` in this process, with the test stand-ins (`--model
+    oracle`, the `flaky` optimizer, ...) registered. Each call builds its own TaskManager, model and
+    seeds, as the API does, so calls do not share state."""
+    import oracle_model  # noqa: F401  (registers them)
 
     from lm_eval_promptopt import simple_evaluate
+
+    return simple_evaluate(**kwargs)
+
+
+@pytest.fixture
+def evaluate(tmp_path: Path) -> Callable[..., dict]:
+    """`evaluate_in_process` with a fresh instruction cache and the run folders under tmp_path,
+    unless the test gives others."""
 
     def run(**kwargs: Any) -> dict:
         kwargs.setdefault("optimize_cache", tmp_path / "instruction-cache")
         kwargs.setdefault("output_path", tmp_path)
-        return simple_evaluate(**kwargs)
+        return evaluate_in_process(**kwargs)
 
     return run
 

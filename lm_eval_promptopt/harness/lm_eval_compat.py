@@ -22,8 +22,9 @@ CLI_MODULE = "lm_eval._cli.run"
 class `Run` gets our argument group through `_add_args` and our dispatch through `_execute`."""
 
 TASK_INDEX_MODULE = "lm_eval.tasks._index"
-"""lm-eval's task index (since 0.4.10): the test suite's start-up cache (tests/support/site)
-serves its `load_yaml` and `TaskIndex.build` so each test process does not parse ~14,000 YAMLs."""
+"""lm-eval's task index (since 0.4.12; test-only): the test suite's start-up cache
+(tests/support/site) serves its `load_yaml` so each test process does not parse ~14,000 YAMLs.
+On an older lm-eval the module is never imported and the cache does nothing (slower tests)."""
 
 TASKS_NOT_FOUND = "Tasks not found"
 """How lm-eval's `EvaluatorConfig` starts the ValueError for unknown task names (no own type)."""
@@ -148,10 +149,12 @@ def git_commit_hash_replaced(replacement: Callable[[], str | None]) -> Iterator[
 
 @dataclass(frozen=True)
 class Touchpoint:
-    """One private name or behaviour: where it is, and how to see that the installed lm-eval has it."""
+    """One private name or behaviour: where it is, how to see that the installed lm-eval has it,
+    and the first lm-eval version that has it."""
 
     name: str
     present: Callable[[], bool]
+    since: str = "0.4.10"
 
 
 def _has(module: str, *path: str) -> Callable[[], bool]:
@@ -211,14 +214,20 @@ TOUCHPOINTS = (
     Touchpoint("GeneralConfigTracker._get_model_name", _has("lm_eval.loggers.evaluation_tracker", "GeneralConfigTracker", "_get_model_name")),
     Touchpoint("HFLM._rank / HFLM._world_size", _hflm_rank_fields),
     Touchpoint("lm_eval.evaluator.get_git_commit_hash", _has("lm_eval.evaluator", "get_git_commit_hash")),
-    Touchpoint(f"{TASK_INDEX_MODULE}.load_yaml / TaskIndex.build", lambda: _has(TASK_INDEX_MODULE, "load_yaml")() and _has(TASK_INDEX_MODULE, "TaskIndex", "build")()),
+    Touchpoint(f"{TASK_INDEX_MODULE}.load_yaml / TaskIndex.build", lambda: _has(TASK_INDEX_MODULE, "load_yaml")() and _has(TASK_INDEX_MODULE, "TaskIndex", "build")(), since="0.4.12"),
 )
 
 
 def missing_touchpoints() -> list[str]:
-    """The touchpoints the installed lm-eval lacks (empty: this package works with it)."""
+    """The touchpoints the installed lm-eval should have (by version) but lacks (empty: this
+    package works with it)."""
+    import importlib.metadata
+
+    from packaging.version import Version
+
+    installed = Version(importlib.metadata.version("lm-eval"))
     missing = []
-    for point in TOUCHPOINTS:
+    for point in (p for p in TOUCHPOINTS if installed >= Version(p.since)):
         try:
             ok = point.present()
         except Exception:  # noqa: BLE001 (a probe that cannot run: the touchpoint moved)
