@@ -10,7 +10,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
-from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval
+from conftest import SHARED_DATA, needs_shared_data
 from lm_eval_promptopt.errors import PromptOptError
 from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_metric
 from lm_eval_promptopt.optimizers.base import Problem
@@ -296,17 +296,12 @@ def test_needs_a_hugging_face_model(tasks):
         Greater(GreaterConfig()).optimize(problem)
 
 
-def test_lm_eval_optimize_greater_end_to_end(tiny_model: Path, local_tasks: Path, tmp_path: Path):
+def test_lm_eval_optimize_greater_end_to_end(tiny_model: Path, local_tasks: Path, evaluate):
     tasks = ["bbh_cot_zeroshot_boolean_expressions", "mmlu_anatomy", "gsm8k_cot_zeroshot"]
-    run_lm_eval(
-        [
-            "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
-            "--include_path", str(local_tasks), "--tasks", ",".join(tasks),
-            "--optimize", "greater", "--optimize_args", "steps=2,train_size=3,dev_size=3",
-            "--gen_kwargs", "max_gen_toks=6", "--limit", "2", "--output_path", str(tmp_path),
-        ]
-    )
-    results = load_results(tmp_path)
+    results = evaluate(
+        model="hf", model_args=f"pretrained={tiny_model}", device="cpu", include_path=local_tasks, tasks=tasks,
+        optimizer="greater", optimizer_args="steps=2,train_size=3,dev_size=3", gen_kwargs="max_gen_toks=6", limit=2,
+    )  # fmt: skip
     section = results["prompt_optimization"]
     assert section["optimizer"] == "greater" and section["optimizer_config"]["steps"] == 2
     for name in tasks:
