@@ -54,6 +54,20 @@ def extend_run_command(module: ModuleType, add_args: Callable[[Any, Any], None],
     return None
 
 
+def run_command(argv: list[str]) -> None:
+    """`lm_eval run ARGV`, as lm-eval's console script runs it, without rewriting `sys.argv`:
+    `HarnessCLI.parse_args()` reads only `sys.argv`, so its parser (`_parser`) parses `argv`."""
+    from lm_eval._cli.harness import HarnessCLI
+    from lm_eval.utils import setup_logging
+
+    setup_logging()
+    cli = HarnessCLI()
+    if not argv:  # `lm_eval run` alone prints the subcommand's help, as lm-eval does
+        cli._subparsers.choices["run"].print_help()
+        raise SystemExit(0)
+    cli.execute(cli._parser.parse_args(["run", *argv]))
+
+
 @contextlib.contextmanager
 def simple_evaluate_replaced(replacement: Callable[..., Any]) -> Iterator[None]:
     """Let lm-eval's `Run._execute` call `replacement` where it calls `simple_evaluate`: it imports
@@ -187,6 +201,15 @@ def _run_parser() -> bool:
     return isinstance(getattr(run_cls(argparse.ArgumentParser().add_subparsers()), "_parser", None), argparse.ArgumentParser)
 
 
+def _harness_cli_parsers() -> bool:
+    import argparse
+
+    from lm_eval._cli.harness import HarnessCLI
+
+    cli = HarnessCLI()
+    return isinstance(getattr(cli, "_parser", None), argparse.ArgumentParser) and "run" in cli._subparsers.choices
+
+
 def _hflm_rank_fields() -> bool:
     from lm_eval.models.huggingface import HFLM
 
@@ -207,6 +230,7 @@ TOUCHPOINTS = (
     Touchpoint(f"{CLI_MODULE}.Run._add_args", _has(CLI_MODULE, "Run", "_add_args")),
     Touchpoint(f"{CLI_MODULE}.Run._execute", _has(CLI_MODULE, "Run", "_execute")),
     Touchpoint(f"{CLI_MODULE}.Run(...)._parser", _run_parser),
+    Touchpoint("lm_eval._cli.harness.HarnessCLI()._parser / ._subparsers", _harness_cli_parsers),
     Touchpoint("lm_eval.simple_evaluate (lazy module attribute)", _has("lm_eval", "simple_evaluate")),
     Touchpoint(f"ValueError('{TASKS_NOT_FOUND}: ...') for unknown tasks", _tasks_not_found_text),
     Touchpoint("Task.build_all_requests(system_instruction=, chat_template=)", _build_requests_keywords),
