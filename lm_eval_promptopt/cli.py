@@ -27,12 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     @click.argument("lm_eval_args", nargs=-1, type=click.UNPROCESSED)
     def run(lm_eval_args: tuple[str, ...]) -> None:
         from . import hook
+        from .harness.lm_eval_compat import run_command
 
         hook.require_compatible()
-        sys.argv = ["lm-eval", "run", *lm_eval_args]
-        from lm_eval.__main__ import cli_evaluate
-
-        cli_evaluate()
+        run_command(list(lm_eval_args))
 
     @group.command("show", help="Print per-task instructions, scores, stop reasons and cost of a run; write its plot.")
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))

@@ -2,9 +2,9 @@
 
 `lm_eval_promptopt_hook.pth` (installed with the package) calls `install()` at interpreter
 start. That only puts an import hook on `sys.meta_path`; nothing of lm-eval is imported then.
-When lm-eval's CLI module `lm_eval._cli.run` is imported, its `Run` subcommand gets our argument
-group and an `_execute` that runs the optimize-then-evaluate stage when `--optimize` is given
-and lm-eval's own code path when it is not. On an lm-eval outside the supported range nothing is
+When lm-eval's CLI module (`lm_eval_compat.CLI_MODULE`) is imported, its `run` subcommand gets our
+argument group and a dispatch that runs the optimize-then-evaluate stage when `--optimize` is
+given and lm-eval's own code path when it is not (`lm_eval_flags.py`). On an lm-eval outside the supported range nothing is
 patched, plain `lm_eval` works, and `--optimize` fails with a message naming the versions.
 """
 
@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
+
+from .harness.lm_eval_compat import CLI_MODULE
 
 SUPPORTED = ">=0.4.10,<0.5"
 _state: dict[str, Any] = {"patched": False, "problem": "lm-eval's CLI was not loaded"}
@@ -35,30 +37,16 @@ def incompatibility() -> str | None:
 
 
 def patch_run(module: ModuleType) -> None:
-    """Extend `lm_eval._cli.run.Run` with our flags and dispatch (idempotent)."""
+    """Extend lm-eval's `run` subcommand (in `module`) with our flags and dispatch (idempotent)."""
     problem = incompatibility()
-    run_cls = getattr(module, "Run", None)
-    if problem is None and not (callable(getattr(run_cls, "_add_args", None)) and callable(getattr(run_cls, "_execute", None))):
-        problem = "lm-eval's CLI internals (lm_eval._cli.run.Run) changed"
+    if problem is None:
+        from . import lm_eval_flags
+        from .harness.lm_eval_compat import extend_run_command
+
+        problem = extend_run_command(module, lambda _run, parser: lm_eval_flags.add_argument_group(parser), lm_eval_flags.execute)
     if problem is not None:
         _state["problem"] = problem
         return
-    if getattr(run_cls, "_lm_eval_promptopt", False):
-        return
-    from . import command
-
-    stock_add_args, stock_execute = run_cls._add_args, run_cls._execute
-
-    def _add_args(self: Any) -> None:
-        stock_add_args(self)
-        command.add_argument_group(self._parser)
-
-    def _execute(args: Any) -> None:
-        command.execute(args, stock_execute)
-
-    run_cls._add_args = _add_args
-    run_cls._execute = staticmethod(_execute)
-    run_cls._lm_eval_promptopt = True
     _state.update(patched=True, problem=None)
 
 
@@ -77,7 +65,7 @@ def guard_main(_module: ModuleType | None = None) -> None:
         sys.exit(2)
 
 
-_AFTER_IMPORT: dict[str, Callable[[ModuleType], None]] = {"lm_eval._cli.run": patch_run, "lm_eval.__main__": guard_main}
+_AFTER_IMPORT: dict[str, Callable[[ModuleType], None]] = {CLI_MODULE: patch_run, "lm_eval.__main__": guard_main}
 
 
 class _PostExecLoader(importlib.abc.Loader):
@@ -127,7 +115,7 @@ def install() -> None:
 
 def require_compatible() -> None:
     """Patch now (for `lm-eval-promptopt run`, which works without the `.pth` file too)."""
-    import lm_eval._cli.run
+    import importlib
 
-    patch_run(lm_eval._cli.run)
+    patch_run(importlib.import_module(CLI_MODULE))
     guard_main()

@@ -1,18 +1,18 @@
 """The optimize-then-evaluate stage: search an instruction per leaf task, then evaluate held-out.
 
-`OptimizeRun.simple_evaluate` stands in for `lm_eval.simple_evaluate` during one `lm_eval run`
-(see `command.py`): it receives exactly the arguments lm-eval's CLI built and runs five steps:
-open the run folder, load the tasks and plan their splits, load the model once, search every
-leaf task (reusing a finished search from the run folder or the instruction cache), then call
-the real `simple_evaluate` on the held-out docs with each task bound to its own instruction. The
-`prompt_optimization` section it adds to the results is saved and printed by lm-eval's tracker.
+`OptimizeRun.run` takes lm-eval's arguments as typed settings (from the Python API, `api.py`, or
+the `lm_eval --optimize` command, `lm_eval_flags.py`) and runs five steps: open the run folder,
+load the tasks and plan their splits, load the model once, search every leaf task (reusing a
+finished search from the run folder or the instruction cache), then call lm-eval's own
+`simple_evaluate` on the held-out docs with each task bound to its own instruction, and add the
+`prompt_optimization` section to its results.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from .errors import PromptOptError, StageError
 from .harness.context import check_fits
 from .harness.objective import Objective, TaskSplits, group_metric, primary_metric
 from .harness.prompting import Placement, bind_instruction, detect_placement
-from .harness.setup import apply_task_overrides, build_lm, evaluation_kwargs, limited, limited_plan, quiet_harness, root_items, seed_everything
+from .harness.settings import EvalSettings
+from .harness.setup import apply_task_overrides, build_lm, limited, limited_plan, quiet_harness, root_items, seed_everything
 from .harness.splits import SplitPlan, plan_splits
 from .optimizers.base import Optimizer, Problem
 from .options import RunOptions
@@ -40,26 +41,26 @@ from .run.transfer import Source, check_transfer
 RUN_KEY_ARGS = ("model", "model_args", "tasks", "num_fewshot", "gen_kwargs", "limit", "apply_chat_template",
                 "fewshot_as_multiturn", "system_instruction", "random_seed", "numpy_random_seed",
                 "torch_random_seed", "fewshot_random_seed")  # fmt: skip
-"""The `simple_evaluate` arguments that make a rerun "the same command" (it resumes)."""
+"""The lm-eval settings that make a rerun "the same command" (it resumes)."""
 
 
 @dataclass
-class Harness:
-    """What lm-eval gave this run: its arguments, the loaded tasks with their split plans, the model."""
+class Workbench:
+    """What one run works with: its lm-eval settings, the loaded tasks with their split plans, the model."""
 
-    kw: dict[str, Any]
+    settings: EvalSettings
     loaded: dict[str, Any]
     """`TaskManager.load()`'s result: `tasks` (leaf tasks by name) and `groups`."""
     splits: dict[str, TaskSplits]
     plans: dict[str, SplitPlan]
-    eval_kwargs: dict[str, Any]
     lm: Any = None
     placement: Placement | None = None
 
 
 @dataclass
 class OptimizeRun:
-    """One `lm_eval ... --optimize NAME` invocation: its settings and, once run, its outcome."""
+    """One optimize-then-evaluate run (`lm_eval --optimize NAME`, or the API): its settings and,
+    once run, its outcome."""
 
     optimizer_cls: type[Optimizer]
     config: Any
@@ -79,51 +80,48 @@ class OptimizeRun:
     folder: RunFolder | None = None
     """The run folder this process opened and locked (rank 0 only; it marks how the run ends)."""
 
-    def initial_instruction(self, kw: dict[str, Any]) -> str:
+    def initial_instruction(self, settings: EvalSettings) -> str:
         if self.options.instruction is not None:
             return self.options.instruction
-        if kw.get("system_instruction"):
-            return kw["system_instruction"]
+        if settings.system_instruction:
+            return settings.system_instruction
         return self.optimizer_cls.default_instruction
 
-    def simple_evaluate(self, stock: Callable[..., Any], **kw: Any) -> dict[str, Any] | None:
-        """Drop-in for `lm_eval.simple_evaluate`: optimize, then evaluate held-out docs."""
-        if kw.get("predict_only"):
+    def run(self, settings: EvalSettings) -> dict[str, Any] | None:
+        """Optimize, then evaluate the held-out docs: lm-eval's results dict with our section
+        (None on the other processes of a data-parallel run)."""
+        if settings.predict_only:
             raise PromptOptError("--predict_only computes no metric, so there is nothing to optimize; drop one of them")
-        group = self._start(kw)
-        harness = self._load_tasks(kw)
+        group = self._start(settings)
+        bench = self._load_tasks(settings)
         with self._phase("model load"):  # after the tasks and their plans: a bad size fails before it
-            harness.lm = build_lm(kw)
-        harness.placement = detect_placement(harness.lm, kw.get("apply_chat_template", False))
-        self._check_context(harness)
-        self._search_all(group, harness)
-        if group.size > 1 and harness.lm.world_size == 1 and not self.is_main:
+            bench.lm = build_lm(settings)
+        bench.placement = detect_placement(bench.lm, settings.apply_chat_template)
+        self._check_context(bench)
+        self._search_all(group, bench)
+        if group.size > 1 and bench.lm.world_size == 1 and not self.is_main:
             return None  # the model is not data-parallel here (e.g. on CPU): the main process evaluates
-        return self._evaluate(stock, harness)
+        return self._evaluate(bench)
 
-    # -- the steps of simple_evaluate ------------------------------------------------------------
-    def _start(self, kw: dict[str, Any]) -> ProcessGroup:
+    # -- the steps of a run ----------------------------------------------------------------------
+    def _start(self, settings: EvalSettings) -> ProcessGroup:
         """Seed as `simple_evaluate` does, and open the run folder (rank 0) for every process."""
-        seed_everything(kw)
-        self.seeds = {
-            "split_and_search": self.options.seed,
-            "random": kw.get("random_seed"),
-            **{name: kw.get(f"{name}_random_seed") for name in ("numpy", "torch", "fewshot")},
-        }
+        seed_everything(settings)
+        self.seeds = {"split_and_search": self.options.seed, **settings.seeds()}
         group = ProcessGroup.current()
         if group.rank == 0:
-            self.folder = RunFolder.open(kw, self._run_key(kw), self.options.refresh)
+            self.folder = RunFolder.open(settings.output_path, settings.model, settings.model_args, self._run_key(settings), self.options.refresh)
             self.run_dir = self.folder.path
         self.run_dir = group.broadcast(self.run_dir)
         self.is_main, self.process = group.rank == 0, group.rank
         return group
 
-    def _load_tasks(self, kw: dict[str, Any]) -> Harness:
+    def _load_tasks(self, settings: EvalSettings) -> Workbench:
         """Load the tasks with `simple_evaluate`'s overrides, check the given prompts against
         them, and plan every leaf task's splits (checked against the given prompts' source)."""
         with self._phase("task load"):
-            loaded = kw["task_manager"].load(kw["tasks"])
-            apply_task_overrides(loaded["tasks"], kw)
+            loaded = settings.task_manager.load(settings.tasks)
+            apply_task_overrides(loaded["tasks"], settings.gen_kwargs, settings.num_fewshot, settings.fewshot_random_seed)
         if self.given_prompts is not None:
             missing = sorted(set(loaded["tasks"]) - set(self.given_prompts))
             if missing:
@@ -132,41 +130,41 @@ class OptimizeRun:
             if extra and self.is_main:
                 print(f"lm_eval_promptopt: --optimized_prompts: ignoring the instructions for tasks not in this run: {', '.join(extra)}")
         splits = {name: TaskSplits(task) for name, task in loaded["tasks"].items()}
-        fewshot_seed = kw.get("fewshot_random_seed")
+        fewshot_seed = settings.fewshot_random_seed
         plans = {
             name: plan_splits(name, task.config, self.options, s.size, lambda split, s=s: s.fewshot_exemplars(split, fewshot_seed))
             for (name, task), s in zip(loaded["tasks"].items(), splits.values())
         }
         if self.given_prompts is not None and self.given_source is not None:
             self.transfer = check_transfer(self.given_source, self.given_prompts, plans, self.options.exclude_source_docs)
-        return Harness(kw, loaded, splits, plans, evaluation_kwargs(kw))
+        return Workbench(settings, loaded, splits, plans)
 
-    def _check_context(self, harness: Harness) -> None:
+    def _check_context(self, bench: Workbench) -> None:
         """Refuse an instruction known before the searches (initial, candidates, given) that does not
         fit the model's context with the task's first held-out doc."""
         listed = self.config.instructions() if hasattr(self.config, "instructions") else []
-        initial = self.initial_instruction(harness.kw)
-        for name, task in harness.loaded["tasks"].items():
-            heldout = harness.plans[name].heldout
-            doc = harness.splits[name].docs(heldout.split)[heldout.indices[0]]
+        initial = self.initial_instruction(bench.settings)
+        for name, task in bench.loaded["tasks"].items():
+            heldout = bench.plans[name].heldout
+            doc = bench.splits[name].docs(heldout.split)[heldout.indices[0]]
             instructions = [self.given_prompts[name]] if self.given_prompts is not None else [initial, *listed]
-            check_fits(name, task, doc, instructions, harness.lm, harness.placement, harness.eval_kwargs, harness.kw.get("fewshot_random_seed"))
+            check_fits(name, task, doc, instructions, bench.lm, bench.placement, bench.settings.evaluate_kwargs(), bench.settings.fewshot_random_seed)
 
-    def _search_all(self, group: ProcessGroup, harness: Harness) -> None:
+    def _search_all(self, group: ProcessGroup, bench: Workbench) -> None:
         """Each process searches its shard of the tasks; every process then has every outcome.
         One task's failure does not lose the others' finished searches (a rerun reuses them)."""
         optimizer = self.optimizer_cls(self.config)
         if self.given_prompts is None and self.is_main:
-            print(projected_cost_table(optimizer, harness.plans))
-        initial = self.initial_instruction(harness.kw)
+            print(projected_cost_table(optimizer, bench.plans))
+        initial = self.initial_instruction(bench.settings)
         failures: dict[str, str] = {}
-        bar = tqdm(group.shard(list(harness.loaded["tasks"])), desc=f"optimize ({self.optimizer_cls.name})" + group.label, unit="task", position=group.rank)
+        bar = tqdm(group.shard(list(bench.loaded["tasks"])), desc=f"optimize ({self.optimizer_cls.name})" + group.label, unit="task", position=group.rank)
         # lines printed or logged during the search go above the progress bars, not onto them
-        with group.local(harness.lm), logging_redirect_tqdm(loggers=[logging.getLogger("lm_eval"), logging.getLogger("lm_eval_promptopt")]):
+        with group.local(bench.lm), logging_redirect_tqdm(loggers=[logging.getLogger("lm_eval"), logging.getLogger("lm_eval_promptopt")]):
             for name in bar:
                 bar.set_postfix_str(name)
                 try:
-                    outcome = self._optimize_task(name, harness, optimizer, initial)
+                    outcome = self._optimize_task(name, bench, optimizer, initial)
                 except PromptOptError:
                     raise
                 except Exception as err:
@@ -179,7 +177,7 @@ class OptimizeRun:
         bar.close()
         if group.size > 1:  # every process gets every search's outcome, in task order
             gathered = group.all_gather((self.outcomes, failures))
-            order = list(harness.loaded["tasks"])
+            order = list(bench.loaded["tasks"])
             self.outcomes = sorted((o for outs, _ in gathered for o in outs), key=lambda o: order.index(o.task))
             failures = {k: v for _, fails in gathered for k, v in fails.items()}
             if self.is_main:
@@ -194,37 +192,37 @@ class OptimizeRun:
                 f"(traceback: {self.run_dir / 'error.log'})",
             )
 
-    def _evaluate(self, stock: Callable[..., Any], harness: Harness) -> dict[str, Any] | None:
+    def _evaluate(self, bench: Workbench) -> dict[str, Any] | None:
         """lm-eval's own `simple_evaluate` on the held-out docs, each task bound to its final
         instruction (with compare_baseline, `evaluate()` with the initial ones first)."""
-        kw, loaded, lm, placement = harness.kw, harness.loaded, harness.lm, harness.placement
-        samples = {o.task: limited(list(harness.plans[o.task].heldout.indices), kw.get("limit")) for o in self.outcomes}
-        if kw.get("limit") is not None:  # the record lists what was evaluated
+        from lm_eval.evaluator import evaluate, simple_evaluate
+
+        settings, loaded, lm, placement = bench.settings, bench.loaded, bench.lm, bench.placement
+        samples = {o.task: limited(list(bench.plans[o.task].heldout.indices), settings.limit) for o in self.outcomes}
+        if settings.limit is not None:  # the record lists what was evaluated
             for outcome in self.outcomes:
-                outcome.plan = limited_plan(outcome.plan, samples[outcome.task], kw["limit"])
+                outcome.plan = limited_plan(outcome.plan, samples[outcome.task], settings.limit)
         metrics = {o.task: o.metric for o in self.outcomes}
         metrics.update({name: group_metric(g) for name, g in loaded["groups"].items() if group_metric(g)})
         baseline = None
         if self.options.compare_baseline:
             for outcome in self.outcomes:
                 bind_instruction(loaded["tasks"][outcome.task], outcome.initial_instruction, placement)
-            apply_task_overrides(loaded["tasks"], kw)
-            from lm_eval.evaluator import evaluate
-
+            apply_task_overrides(loaded["tasks"], settings.gen_kwargs, settings.num_fewshot, settings.fewshot_random_seed)
             with quiet_harness():
-                baseline = evaluate(lm=lm, task_dict=loaded, samples=samples, bootstrap_iters=0, log_samples=False, **harness.eval_kwargs)
+                baseline = evaluate(lm=lm, task_dict=loaded, samples=samples, bootstrap_iters=0, log_samples=False, **bench.settings.evaluate_kwargs())
         for outcome in self.outcomes:
             bind_instruction(loaded["tasks"][outcome.task], outcome.final_instruction, placement)
-        final_kw = dict(kw, model=lm, tasks=root_items(loaded), samples=samples, limit=None, system_instruction=None, use_cache=None)
+        final_kw = settings.lm_eval_kwargs(model=lm, tasks=root_items(loaded), samples=samples, limit=None, system_instruction=None, use_cache=None)
         with self._phase("evaluation"):
-            results = stock(**final_kw)
+            results = simple_evaluate(**final_kw)
         if results is None:  # not the main process
             return None
         instructions = {o.task: o.final_instruction for o in self.outcomes}
-        fill_tracker(kw.get("evaluation_tracker"), instructions, kw["model"], kw.get("model_args"), self.run_dir.parent.name)
-        if isinstance(kw["model"], str):  # name the model as a stock run does, not the LM class
-            results["config"]["model"] = kw["model"]
-        results["config"]["limit"] = kw.get("limit")  # lm-eval evaluated our `samples`, so it recorded none
+        fill_tracker(settings.evaluation_tracker, instructions, settings.model, settings.model_args, self.run_dir.parent.name)
+        if isinstance(settings.model, str):  # name the model as a stock run does, not the LM class
+            results["config"]["model"] = settings.model
+        results["config"]["limit"] = settings.limit  # lm-eval evaluated our `samples`, so it recorded none
         if baseline is not None:
             self.comparison = comparison_rows(baseline, results, metrics)
         results["prompt_optimization"] = self.section()
@@ -233,18 +231,18 @@ class OptimizeRun:
         return results
 
     # -- one task ----------------------------------------------------------------------------
-    def _optimize_task(self, name: str, harness: Harness, optimizer: Optimizer, initial: str) -> TaskOutcome:
+    def _optimize_task(self, name: str, bench: Workbench, optimizer: Optimizer, initial: str) -> TaskOutcome:
         """The task's instruction: given, finished before an interruption, cached, or searched."""
-        task, plan = harness.loaded["tasks"][name], harness.plans[name]
-        metric = self.options.metric or primary_metric(name, task, harness.loaded["groups"])
+        task, plan = bench.loaded["tasks"][name], bench.plans[name]
+        metric = self.options.metric or primary_metric(name, task, bench.loaded["groups"])
         trajectory_path = self.run_dir / "trajectories" / f"{name}.jsonl"
-        common = dict(task=name, metric=metric, placement=harness.placement.name, plan=plan.as_dict(), initial_instruction=initial, process=self.process)
+        common = dict(task=name, metric=metric, placement=bench.placement.name, plan=plan.as_dict(), initial_instruction=initial, process=self.process)
         if self.given_prompts is not None:
             Trajectory(trajectory_path).append({"kind": "given", "instruction": self.given_prompts[name]})
             details = {"transfer_check": self.transfer[name]} if name in self.transfer else {}
             return TaskOutcome(**common, final_instruction=self.given_prompts[name], source="given", initial_dev_score=None, final_dev_score=None,
                                stop_reason="given", evaluations=0, wall_time_s=0.0, trajectory_file=str(trajectory_path), details=details)  # fmt: skip
-        key = self._cache_key(name, harness, initial, metric)
+        key = self._cache_key(name, bench, initial, metric)
         checkpoint = Checkpoint(self.run_dir / "state" / f"{name}.json", digest(key))
         saved = checkpoint.load() or {}
         if "outcome" in saved:  # finished before the interruption
@@ -257,7 +255,7 @@ class OptimizeRun:
             tqdm.write(f"lm_eval_promptopt: {name}: reusing the cached search {entry} (refresh=true searches again)")
             kept = {k: cached[k] for k in ("final_instruction", "initial_dev_score", "final_dev_score", "stop_reason", "evaluations", "wall_time_s", "details")}
             return TaskOutcome(**common, **kept, trajectory_file=str(trajectory_path), source="cache", cache_entry=entry)
-        searched = self._search(name, harness, optimizer, initial, metric, checkpoint, trajectory_path, common)
+        searched = self._search(name, bench, optimizer, initial, metric, checkpoint, trajectory_path, common)
         if self.cache is not None and cacheable(searched.stop_reason):
             entry = self.cache.save(key, asdict(searched))  # a failed write warns; the run's outputs hold the search
             searched.cache_entry = str(entry) if entry else None
@@ -266,7 +264,7 @@ class OptimizeRun:
         checkpoint.save({"outcome": asdict(searched)})
         return searched
 
-    def _search(self, name: str, harness: Harness, optimizer: Optimizer, initial: str, metric: str,
+    def _search(self, name: str, bench: Workbench, optimizer: Optimizer, initial: str, metric: str,
                 checkpoint: Checkpoint, trajectory_path: Path, common: dict[str, Any]) -> TaskOutcome:  # fmt: skip
         """Run the optimizer on the task (resuming an interrupted search) and keep the initial
         instruction where it scores better on optimize-dev (keep_initial)."""
@@ -280,20 +278,20 @@ class OptimizeRun:
         )
         objective = Objective(
             task_name=name,
-            splits=harness.splits[name],
-            plan=harness.plans[name],
-            lm=harness.lm,
-            placement=harness.placement,
+            splits=bench.splits[name],
+            plan=bench.plans[name],
+            lm=bench.lm,
+            placement=bench.placement,
             metric=metric,
-            fewshot_seed=harness.kw.get("fewshot_random_seed"),
-            eval_kwargs=harness.eval_kwargs,
+            fewshot_seed=bench.settings.fewshot_random_seed,
+            eval_kwargs=bench.settings.evaluate_kwargs(),
             record=log.record,
         )
         objective.preload(log.previous)
         if log.resumed is not None:
             tqdm.write(f"lm_eval_promptopt: {name}: resuming after step {log.steps_done} ({checkpoint.path})")
             log.record({"kind": "resumed", "after_step": log.steps_done})
-        problem = Problem(name, harness.lm, harness.plans[name], objective, initial, opts.seed, log)
+        problem = Problem(name, bench.lm, bench.plans[name], objective, initial, opts.seed, log)
         initial_score = problem.score(initial, "dev")
         result = optimizer.optimize(problem)
         final, final_score = result.instruction, problem.score(result.instruction, "dev")
@@ -318,29 +316,29 @@ class OptimizeRun:
             details=result.details,
         )
 
-    def _cache_key(self, name: str, harness: Harness, initial: str, metric: str) -> dict[str, Any]:
+    def _cache_key(self, name: str, bench: Workbench, initial: str, metric: str) -> dict[str, Any]:
         """Everything that can change a search's result (the rule: `run/search_key.py`)."""
-        kw = harness.kw
+        settings = bench.settings
         return search_key(
             optimizer=self.optimizer_cls.name,
             config=self.config,
             options=self.options,
-            model=model_identity(harness.lm, kw["model"], kw.get("model_args")),
+            model=model_identity(bench.lm, settings.model, settings.model_args),
             task=name,
-            task_config_sha256=digest(harness.loaded["tasks"][name].config.to_dict()),
+            task_config_sha256=digest(bench.loaded["tasks"][name].config.to_dict()),
             initial_instruction=initial,
             metric=metric,
-            split_plan_sha256=digest(harness.plans[name].as_dict()),
+            split_plan_sha256=digest(bench.plans[name].as_dict()),
             seeds=self.seeds,
-            placement=harness.placement.name,
-            evaluation={k: harness.eval_kwargs[k] for k in ("apply_chat_template", "fewshot_as_multiturn")},
+            placement=bench.placement.name,
+            evaluation={k: bench.settings.evaluate_kwargs()[k] for k in ("apply_chat_template", "fewshot_as_multiturn")},
         )
 
-    def _run_key(self, kw: dict[str, Any]) -> str:
+    def _run_key(self, settings: EvalSettings) -> str:
         """What makes a rerun "the same command" (and so resumes an interrupted run)."""
         return digest(
             {
-                "command": {k: kw.get(k) for k in RUN_KEY_ARGS},
+                "command": {k: getattr(settings, k) for k in RUN_KEY_ARGS},
                 "optimizer": self.optimizer_cls.name,
                 "config": asdict(self.config),
                 "options": asdict(self.options),

@@ -63,7 +63,7 @@ def search_for(lm, train: int, tokens: int):
     from lm_eval_promptopt.options import RunOptions
 
     task = TaskManager(include_path=str(REPO / "task_configs" / "planted")).load([TASK])["tasks"][TASK]
-    apply_task_overrides({TASK: task}, {"gen_kwargs": {"max_gen_toks": tokens}})
+    apply_task_overrides({TASK: task}, gen_kwargs={"max_gen_toks": tokens})
     splits = TaskSplits(task)
     plan = plan_splits(TASK, task.config, RunOptions(train_size=train, dev_size=8, seed=0), splits.size, lambda s: set())
     objective = Objective(

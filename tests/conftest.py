@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,6 +101,30 @@ def run_lm_eval(args: list[str], entry: str = "lm_eval", check: bool = True, **e
     if check and proc.returncode != 0:
         raise AssertionError(f"lm_eval exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
     return proc
+
+
+def evaluate_in_process(**kwargs: Any) -> dict:
+    """`lm_eval_promptopt.simple_evaluate` in this process, with the test stand-ins (`--model
+    oracle`, the `flaky` optimizer, ...) registered. Each call builds its own TaskManager, model and
+    seeds, as the API does, so calls do not share state."""
+    import oracle_model  # noqa: F401  (registers them)
+
+    from lm_eval_promptopt import simple_evaluate
+
+    return simple_evaluate(**kwargs)
+
+
+@pytest.fixture
+def evaluate(tmp_path: Path) -> Callable[..., dict]:
+    """`evaluate_in_process` with a fresh instruction cache and the run folders under tmp_path,
+    unless the test gives others."""
+
+    def run(**kwargs: Any) -> dict:
+        kwargs.setdefault("optimize_cache", tmp_path / "instruction-cache")
+        kwargs.setdefault("output_path", tmp_path)
+        return evaluate_in_process(**kwargs)
+
+    return run
 
 
 def load_results(output_path: Path) -> dict:

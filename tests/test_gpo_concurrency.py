@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import load_results, needs_shared_data, run_lm_eval
+from conftest import needs_shared_data
 from scripted_server import ScriptedServer, edit_toward
 from test_gpo import run_gpo
 
@@ -83,22 +83,18 @@ def test_the_pool_is_bounded_by_concurrency(tmp_path: Path):
 
 
 @needs_shared_data
-def test_end_to_end_the_concurrency_setting_reaches_the_client(local_tasks: Path, tmp_path: Path):
+def test_end_to_end_the_concurrency_setting_reaches_the_client(local_tasks: Path, tmp_path: Path, evaluate):
     """`lm_eval --optimize gpo --optimize_args ...,concurrency=4` against a delayed server that
     ignores n: step 2's 8 requests go out 4 at a time, and the trajectory file records them."""
     with ScriptedServer(edit_toward("Focus on boolean_expressions."), delay_s=0.5, honour_n=False) as server:
         task = "bbh_cot_zeroshot_boolean_expressions"
         settings = f"optimizer_model=scripted,optimizer_base_url={server.url},retrieval=recency,train_size=8,dev_size=4,steps=2,concurrency=4"
-        run_lm_eval(
-            ["--model", "oracle", "--include_path", str(local_tasks), "--tasks", task, "--limit", "2",
-             "--optimize", "gpo", "--optimize_args", settings, "--output_path", str(tmp_path)],
-            entry="oracle_cli",
-        )  # fmt: skip
+        results = evaluate(model="oracle", include_path=local_tasks, tasks=[task], limit=2, optimizer="gpo", optimizer_args=settings)
         asked = list(server.requests)
     (path,) = glob.glob(str(tmp_path / "**" / "trajectories" / f"{task}.jsonl"), recursive=True)
     steps = gpo_steps([json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()])
     assert [s["sampling"]["requests"] for s in steps] == [SAMPLES, SAMPLES] and len(asked) == 2 * SAMPLES
     assert server.max_in_flight(asked[SAMPLES:]) == 4
     assert steps[1]["sampling"]["seconds"] >= 2 * 0.5  # two rounds of 4
-    usage = load_results(tmp_path)["prompt_optimization"]["tasks"][task]["details"]["optimizer"]["usage"]
+    usage = results["prompt_optimization"]["tasks"][task]["details"]["optimizer"]["usage"]
     assert sum(s["sampling"]["prompt_tokens"] for s in steps) == usage["prompt_tokens"] > 0

@@ -10,7 +10,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
-from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval
+from conftest import SHARED_DATA, needs_shared_data
 from lm_eval_promptopt.errors import PromptOptError
 from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_metric
 from lm_eval_promptopt.optimizers.base import Problem
@@ -44,7 +44,7 @@ def llama3_lm(tmp_path_factory: pytest.TempPathFactory) -> HFLM:
 @pytest.fixture(scope="module")
 def tasks(local_tasks: Path) -> dict:
     loaded = TaskManager(include_path=str(local_tasks)).load([TASK, "mmlu_anatomy"])
-    apply_task_overrides(loaded["tasks"], {"fewshot_random_seed": 1234, "gen_kwargs": {"max_gen_toks": 5}})
+    apply_task_overrides(loaded["tasks"], gen_kwargs={"max_gen_toks": 5}, fewshot_seed=1234)
     return loaded["tasks"]
 
 
@@ -264,7 +264,7 @@ def test_multiple_choice_error_is_the_harness_accuracy_on_train(lm, tasks):
 def test_answer_target_is_the_bare_gold_after_the_papers_frame(lm, local_tasks):
     names = ["bbh_cot_zeroshot_date_understanding", "bbh_cot_zeroshot_boolean_expressions", "gsm8k_cot_zeroshot"]
     loaded = TaskManager(include_path=str(local_tasks)).load(names)["tasks"]
-    apply_task_overrides(loaded, {"fewshot_random_seed": 1234})
+    apply_task_overrides(loaded, fewshot_seed=1234)
     tok = lm.tokenizer
     for name, answers, options in (
         (names[0], set("ABCDEF"), "'$A' or '$B' or '$C' or '$D' or '$E' or '$F'"),
@@ -296,17 +296,12 @@ def test_needs_a_hugging_face_model(tasks):
         Greater(GreaterConfig()).optimize(problem)
 
 
-def test_lm_eval_optimize_greater_end_to_end(tiny_model: Path, local_tasks: Path, tmp_path: Path):
+def test_lm_eval_optimize_greater_end_to_end(tiny_model: Path, local_tasks: Path, evaluate):
     tasks = ["bbh_cot_zeroshot_boolean_expressions", "mmlu_anatomy", "gsm8k_cot_zeroshot"]
-    run_lm_eval(
-        [
-            "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
-            "--include_path", str(local_tasks), "--tasks", ",".join(tasks),
-            "--optimize", "greater", "--optimize_args", "steps=2,train_size=3,dev_size=3",
-            "--gen_kwargs", "max_gen_toks=6", "--limit", "2", "--output_path", str(tmp_path),
-        ]
-    )
-    results = load_results(tmp_path)
+    results = evaluate(
+        model="hf", model_args=f"pretrained={tiny_model}", device="cpu", include_path=local_tasks, tasks=tasks,
+        optimizer="greater", optimizer_args="steps=2,train_size=3,dev_size=3", gen_kwargs="max_gen_toks=6", limit=2,
+    )  # fmt: skip
     section = results["prompt_optimization"]
     assert section["optimizer"] == "greater" and section["optimizer_config"]["steps"] == 2
     for name in tasks:

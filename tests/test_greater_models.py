@@ -12,7 +12,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
-from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval
+from conftest import SHARED_DATA, needs_shared_data
 from lm_eval_promptopt.optimizers.greater import GreaterConfig, Search
 from lm_eval_promptopt.harness.setup import apply_task_overrides
 from support.testbed import build_tiny_model
@@ -37,7 +37,7 @@ def metaspace_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def task(local_tasks: Path):
     loaded = TaskManager(include_path=str(local_tasks)).load([TASK])["tasks"]
-    apply_task_overrides(loaded, {"fewshot_random_seed": 1234, "gen_kwargs": {"max_gen_toks": 8}})
+    apply_task_overrides(loaded, gen_kwargs={"max_gen_toks": 8}, fewshot_seed=1234)
     return loaded[TASK]
 
 
@@ -105,19 +105,16 @@ def test_bfloat16_gradient_ranks_candidates_as_float32_does(tiny_model: Path, ta
         ("tiny_model", ["--apply_chat_template", "--model_args_dtype"]),  # byte-level BPE, bfloat16, system message
     ],
 )
-def test_lm_eval_optimize_greater_on_each_tokenizer(model: str, extra: list[str], local_tasks: Path, tmp_path: Path, request):
+def test_lm_eval_optimize_greater_on_each_tokenizer(model: str, extra: list[str], local_tasks: Path, evaluate, request,
+                                                    capsys: pytest.CaptureFixture[str]):  # fmt: skip
     path = request.getfixturevalue(model)
     model_args = f"pretrained={path}" + (",dtype=bfloat16" if "--model_args_dtype" in extra else "")
-    flags = [f for f in extra if f != "--model_args_dtype"]
-    proc = run_lm_eval(
-        [
-            "--model", "hf", "--model_args", model_args, "--device", "cpu", "--include_path", str(local_tasks),
-            "--tasks", f"{TASK},gsm8k_cot_zeroshot", *flags,
-            "--optimize", "greater", "--optimize_args", "steps=2,train_size=3,dev_size=3,compare_baseline=true",
-            "--gen_kwargs", "max_gen_toks=6", "--limit", "2", "--output_path", str(tmp_path),
-        ]
+    results = evaluate(
+        model="hf", model_args=model_args, device="cpu", include_path=local_tasks, tasks=[TASK, "gsm8k_cot_zeroshot"],
+        apply_chat_template="--apply_chat_template" in extra, optimizer="greater",
+        optimizer_args="steps=2,train_size=3,dev_size=3,compare_baseline=true", gen_kwargs="max_gen_toks=6", limit=2,
     )  # fmt: skip
-    section = load_results(tmp_path)["prompt_optimization"]
+    section = results["prompt_optimization"]
     for outcome in section["tasks"].values():
         steps = [s for s in outcome["details"]["steps"] if "step" in s]
         assert len(steps) == 2 and outcome["details"]["extractor"].startswith("Therefore, the final answer")
@@ -125,4 +122,4 @@ def test_lm_eval_optimize_greater_on_each_tokenizer(model: str, extra: list[str]
         assert outcome["details"]["reencoding_check"] in ("in_context", "standalone")
     if model == "wordlevel_model":
         assert all(o["details"]["initial_as_seen"] for o in section["tasks"].values())
-        assert "does not round-trip the initial instruction" in proc.stdout
+        assert "does not round-trip the initial instruction" in capsys.readouterr().out

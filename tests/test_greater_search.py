@@ -92,7 +92,7 @@ def search_and_reference(lm: HFLM, task: Any, name: str, stops: list[str], start
 
 def load(include: Path, name: str) -> Any:
     tasks = TaskManager(include_path=str(include)).load([name])["tasks"]
-    apply_task_overrides(tasks, {"fewshot_random_seed": 1234})
+    apply_task_overrides(tasks, fewshot_seed=1234)
     return tasks[name]
 
 

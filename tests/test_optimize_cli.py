@@ -105,20 +105,15 @@ def test_show_prints_the_run_and_writes_the_plot(bbh_run):
     assert missing.returncode != 0 and "has no prompt_optimization.json" in missing.stderr
 
 
-def test_mmlu_group_and_gsm8k_splits_and_scores(local_tasks: Path, tmp_path: Path):
-    """MMLU optimizes on validation and aggregates its group; GSM8k avoids its few-shot exemplars."""
+def test_mmlu_group_and_gsm8k_splits_and_scores(local_tasks: Path, evaluate):
+    """MMLU optimizes on validation and aggregates its group; GSM8k avoids its few-shot exemplars
+    (through the Python API, in process)."""
     subjects = ["anatomy", "astronomy", "virology"]
-    candidates = "|".join(f"Focus on {s}." for s in [*subjects, "arithmetic"])
-    run_lm_eval(
-        [
-            "--model", "oracle", "--include_path", str(local_tasks),
-            "--tasks", ",".join(f"mmlu_{s}" for s in subjects) + ",gsm8k",
-            "--optimize", "candidates", "--optimize_args", f"candidates={candidates},compare_baseline=true",
-            "--output_path", str(tmp_path),
-        ],
-        entry="oracle_cli",
-    )
-    results = load_results(tmp_path)
+    candidates = [f"Focus on {s}." for s in [*subjects, "arithmetic"]]
+    results = evaluate(
+        model="oracle", include_path=local_tasks, tasks=[*(f"mmlu_{s}" for s in subjects), "gsm8k"],
+        optimizer="candidates", optimizer_args={"candidates": candidates, "compare_baseline": True},
+    )  # fmt: skip
     tasks = results["prompt_optimization"]["tasks"]
     for subject in subjects:
         task = tasks[f"mmlu_{subject}"]
@@ -135,18 +130,13 @@ def test_mmlu_group_and_gsm8k_splits_and_scores(local_tasks: Path, tmp_path: Pat
     assert rows["gsm8k"]["baseline"] == 0.0 and rows["gsm8k"]["delta"] == 1.0
 
 
-def test_group_aggregation_is_lm_evals(local_tasks: Path, tmp_path: Path):
-    """The `bbh_cot_zeroshot` group score is lm-eval's size-weighted mean of held-out subtask scores."""
-    run_lm_eval(
-        [
-            "--model", "oracle", "--include_path", str(local_tasks), "--tasks", "bbh_cot_zeroshot",
-            "--optimize", "none",
-            "--optimize_args", "instruction=Focus on navigate.,train_size=1,dev_size=2,compare_baseline=true",
-            "--output_path", str(tmp_path),
-        ],
-        entry="oracle_cli",
-    )
-    results = load_results(tmp_path)
+def test_group_aggregation_is_lm_evals(local_tasks: Path, evaluate):
+    """The `bbh_cot_zeroshot` group score is lm-eval's size-weighted mean of held-out subtask scores
+    (through the Python API, in process)."""
+    results = evaluate(
+        model="oracle", include_path=local_tasks, tasks=["bbh_cot_zeroshot"], optimizer="none",
+        optimizer_args="instruction=Focus on navigate.,train_size=1,dev_size=2,compare_baseline=true",
+    )  # fmt: skip
     leaves = results["group_subtasks"]["bbh_cot_zeroshot"]
     assert len(leaves) == 27 and set(results["prompt_optimization"]["tasks"]) == set(leaves)
     sizes = {t: results["n-samples"][t]["effective"] for t in leaves}

@@ -110,20 +110,16 @@ def test_checker_requirements_hold_on_the_cached_model(planted_dir: Path):
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat_template"])
-def test_candidates_optimizer_finds_the_planted_keyword(planted_dir: Path, tmp_path: Path, chat: bool):
-    """Real `lm_eval --optimize candidates`: each task picks its keyword; held-out accuracy jumps."""
+def test_candidates_optimizer_finds_the_planted_keyword(planted_dir: Path, evaluate, chat: bool):
+    """The Python API (`lm_eval_promptopt.simple_evaluate`) with the candidates optimizer: each task
+    picks its keyword; held-out accuracy jumps."""
     right = {"planted_largest": "Please find the biggest one.", "planted_first": "Kindly return the initial digit."}
     candidates = [NEUTRAL, "Think carefully now and give the number.", *right.values(), "Please find the lowest one."]
-    run_lm_eval(
-        [
-            "--model", "hf", "--model_args", f"pretrained={planted_dir}", "--device", "cpu", "--batch_size", "32",
-            "--include_path", str(REPO / "task_configs" / "planted"), "--tasks", ",".join(right),
-            "--optimize", "candidates",
-            "--optimize_args", f"candidates={'|'.join(candidates)},compare_baseline=true,instruction={NEUTRAL}",
-            "--output_path", str(tmp_path), *(["--apply_chat_template"] if chat else []),
-        ]
+    results = evaluate(
+        model="hf", model_args=f"pretrained={planted_dir}", tasks=list(right), device="cpu", batch_size=32,
+        include_path=REPO / "task_configs" / "planted", apply_chat_template=chat, optimizer="candidates",
+        optimizer_args={"candidates": candidates, "compare_baseline": True, "instruction": NEUTRAL},
     )  # fmt: skip
-    results = load_results(tmp_path)
     section = results["prompt_optimization"]
     assert {t["placement"] for t in section["tasks"].values()} == {"system_message" if chat else "text_prefix"}
     rows = {row["name"]: row for row in section["baseline_vs_optimized"]}

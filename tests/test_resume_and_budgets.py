@@ -116,15 +116,6 @@ def test_greater_killed_mid_search_resumes_and_ends_with_the_same_instruction(ti
     assert resumed["details"]["counters"]["backward_passes"] == whole["details"]["counters"]["backward_passes"]
 
 
-def candidates_run(local_tasks: Path, out: Path, extra: str, candidates: str) -> tuple[dict, str]:
-    proc = run_lm_eval(
-        [
-            "--model", "oracle", "--include_path", str(local_tasks), "--tasks", BBH, "--optimize", "candidates",
-            "--optimize_args", f"candidates={candidates}{extra}", "--output_path", str(out),
-        ],
-        entry="oracle_cli",
-    )  # fmt: skip
-    return load_results(out)["prompt_optimization"]["tasks"][BBH], proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -136,8 +127,11 @@ def candidates_run(local_tasks: Path, out: Path, extra: str, candidates: str) ->
         (",time_limit=0.001", "time_limit", 2),
     ],
 )
-def test_each_budget_stops_the_search_keeps_the_best_and_says_why(local_tasks: Path, tmp_path: Path, extra, reason, evaluations):
-    task, stdout = candidates_run(local_tasks, tmp_path, extra, "Be brief.|Focus on boolean_expressions.|Be kind.|Be calm.|Be bold.")
+def test_each_budget_stops_the_search_keeps_the_best_and_says_why(local_tasks: Path, evaluate, capsys: pytest.CaptureFixture[str],
+                                                                  extra, reason, evaluations):  # fmt: skip
+    candidates = "Be brief.|Focus on boolean_expressions.|Be kind.|Be calm.|Be bold."
+    results = evaluate(model="oracle", include_path=local_tasks, tasks=[BBH], optimizer="candidates", optimizer_args=f"candidates={candidates}{extra}")
+    task, stdout = results["prompt_optimization"]["tasks"][BBH], capsys.readouterr().out
     assert task["stop_reason"] == reason and task["evaluations"] == evaluations
     expected = "Be brief." if reason == "time_limit" else "Focus on boolean_expressions."
     assert task["final_instruction"] == expected
@@ -146,14 +140,16 @@ def test_each_budget_stops_the_search_keeps_the_best_and_says_why(local_tasks: P
         assert f"| {BBH} | 50 | 100 | 6 | 600 | 0 |" in table and "| total | | | 6 | 600 | 0 |" in table
 
 
-def test_gpo_step_and_token_budgets(local_tasks: Path, tmp_path: Path):
+def test_gpo_step_and_token_budgets(local_tasks: Path, tmp_path: Path, evaluate, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    outcomes = {}
     with ScriptedServer(edit_toward(TARGET)) as server:
         for name, extra in (("steps", ",steps=2"), ("tokens", ",max_optimizer_tokens=1")):
-            args = gpo_args(local_tasks, server.url).copy()
-            args[-1] = args[-1].replace(",steps=6", "") + extra
-            run_lm_eval([*args, "--output_path", str(tmp_path / name)], entry="oracle_cli", OPENAI_API_KEY="sk-test")
-        by_steps = load_results(tmp_path / "steps")["prompt_optimization"]["tasks"][BBH]
-        by_tokens = load_results(tmp_path / "tokens")["prompt_optimization"]["tasks"][BBH]
+            settings = gpo_args(local_tasks, server.url)[-1].replace(",steps=6", "") + extra
+            results = evaluate(model="oracle", include_path=local_tasks, tasks=[BBH], optimizer="gpo", optimizer_args=settings,
+                               optimize_cache=tmp_path / name / "cache", output_path=tmp_path / name)  # fmt: skip
+            outcomes[name] = results["prompt_optimization"]["tasks"][BBH]
+    by_steps, by_tokens = outcomes["steps"], outcomes["tokens"]
     assert by_steps["stop_reason"] == "steps" and len(by_steps["details"]["trajectory"]) == 3
     assert by_tokens["stop_reason"] == "max_optimizer_tokens" and len(by_tokens["details"]["trajectory"]) == 2
     assert by_tokens["details"]["optimizer"]["usage"]["requests"] == 1

@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import load_results, needs_shared_data, run_lm_eval
+from conftest import needs_shared_data
 
 from lm_eval_promptopt.errors import PromptOptError
 from lm_eval_promptopt.options import RunOptions
@@ -152,23 +152,13 @@ def test_family_detection_by_name_or_dataset():
 
 
 @needs_shared_data
-def test_split_paper_through_lm_eval_records_the_papers_rows(local_tasks: Path, tmp_path: Path):
+def test_split_paper_through_lm_eval_records_the_papers_rows(local_tasks: Path, evaluate):
     task = "bbh_cot_zeroshot_boolean_expressions"
-    proc = run_lm_eval(
-        [
-            "--model", "oracle", "--include_path", str(local_tasks), "--tasks", task, "--limit", "3",
-            "--optimize", "candidates", "--optimize_args", "candidates=Be quick.,split=greater,seed=3",
-            "--output_path", str(tmp_path),
-        ],
-        entry="oracle_cli",
-    )  # fmt: skip
-    plan = load_results(tmp_path)["prompt_optimization"]["tasks"][task]["plan"]
+    results = evaluate(model="oracle", include_path=local_tasks, tasks=[task], limit=3, optimizer="candidates",
+                       optimizer_args="candidates=Be quick.,split=greater,seed=3")  # fmt: skip
+    plan = results["prompt_optimization"]["tasks"][task]["plan"]
     assert plan["train"]["indices"] == list(range(50)) and plan["dev"]["indices"] == list(range(50, 150))
     assert plan["heldout"]["planned_size"] == 100 and plan["heldout"]["size"] == 3 and plan["rule"].startswith("GReaTer's BBH rows")
-    refused = run_lm_eval(
-        ["--model", "oracle", "--include_path", str(local_tasks), "--tasks", task, "--optimize", "candidates",
-         "--optimize_args", "candidates=Be quick.,split=paper", "--output_path", str(tmp_path / "no")],
-        entry="oracle_cli", check=False,
-    )  # fmt: skip
-    assert refused.returncode == 2 and "'candidates' has none: use split=greater" in refused.stderr + refused.stdout
-    assert proc.returncode == 0
+    with pytest.raises(PromptOptError, match="'candidates' has none: use split=greater") as refused:
+        evaluate(model="oracle", include_path=local_tasks, tasks=[task], optimizer="candidates", optimizer_args="candidates=Be quick.,split=paper")
+    assert refused.value.exit_code == 2

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import PromptOptError
+from .lm_eval_compat import recorded_fewshot_draws
 from .prompting import Placement, Rendered, bind_instruction, render
 from .setup import quiet_harness
 from .splits import SplitPlan, evaluated_split
@@ -49,23 +50,16 @@ class TaskSplits:
         """Indices of `split`'s docs used as few-shot exemplars when evaluating all held-out docs."""
         task = self.task
         shots = task.config.num_fewshot or 0
-        if shots == 0 or not hasattr(task, "sampler"):
+        if shots == 0:
             return set()
-        drawn: list[dict] = []
-        sample = task.sampler.sample
-
-        def recording(*args: Any, **kwargs: Any) -> Any:
-            out = sample(*args, **kwargs)
-            drawn.extend(out)
-            return out
-
         task.set_fewshot_seed(fewshot_seed)
-        task.sampler.sample = recording
         try:
-            for doc in task.eval_docs:
-                task.fewshot_context(doc, shots, gen_prefix=task.doc_to_prefix(doc))
+            with recorded_fewshot_draws(task) as drawn:
+                if drawn is None:  # no sampler: no exemplars
+                    return set()
+                for doc in task.eval_docs:
+                    task.fewshot_context(doc, shots, gen_prefix=task.doc_to_prefix(doc))
         finally:
-            del task.sampler.sample
             task.set_fewshot_seed(fewshot_seed)
         keys = {doc_key(d) for d in drawn}
         return {i for i, doc in enumerate(self.task_for(split).eval_docs) if doc_key(doc) in keys}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .lm_eval_compat import bind_build_requests
 from .setup import quiet
 
 _SENTINEL = "lm_eval_promptopt system-role probe"
@@ -79,15 +80,13 @@ def detect_placement(lm: Any, apply_chat_template: bool | str) -> Placement:
 
 def bind_instruction(task: Any, instruction: str, placement: Placement) -> None:
     """Make `task` render `instruction` in its system slot, whatever the run-wide slot holds."""
-    stock = type(task).build_all_requests.__get__(task)
     system_text = placement.system_text(instruction)
 
-    def build_all_requests(**kwargs: Any) -> None:
+    def adjust(kwargs: dict[str, Any]) -> None:
         kwargs["system_instruction"] = system_text
         kwargs["chat_template"] = placement.wrap_chat_template(kwargs.get("chat_template"))
-        return stock(**kwargs)
 
-    task.build_all_requests = build_all_requests
+    bind_build_requests(task, adjust)
 
 
 @dataclass(frozen=True)

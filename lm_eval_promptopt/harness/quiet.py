@@ -16,6 +16,8 @@ import os
 import subprocess
 from collections.abc import Iterator
 
+from .lm_eval_compat import git_commit_hash_replaced
+
 METADATA_HINT = "Custom kwargs can be passed to `--metadata`"
 TASK_LOGGER = "lm_eval.api.task"
 
@@ -51,14 +53,10 @@ def git_commit_hash() -> str | None:
 @contextlib.contextmanager
 def quiet_run() -> Iterator[None]:
     """For one `--optimize` run: lm-eval's repeated warnings once, git's stderr silenced."""
-    import lm_eval.evaluator
-
     logger, once = logging.getLogger(TASK_LOGGER), OnceEach()
-    stock_hash = lm_eval.evaluator.get_git_commit_hash
     logger.addFilter(once)
-    lm_eval.evaluator.get_git_commit_hash = git_commit_hash
     try:
-        yield
+        with git_commit_hash_replaced(git_commit_hash):
+            yield
     finally:
-        lm_eval.evaluator.get_git_commit_hash = stock_hash
         logger.removeFilter(once)

@@ -15,10 +15,12 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+from .settings import EvalSettings
 
-def seed_everything(kw: dict[str, Any]) -> None:
+
+def seed_everything(settings: EvalSettings) -> None:
     """Seed Python, NumPy and torch from `simple_evaluate`'s seed arguments (None: left alone)."""
-    seeds = (kw.get("random_seed"), kw.get("numpy_random_seed"), kw.get("torch_random_seed"))
+    seeds = (settings.random_seed, settings.numpy_random_seed, settings.torch_random_seed)
     if seeds[0] is not None:
         random.seed(seeds[0])
     if seeds[1] is not None:
@@ -31,20 +33,20 @@ def seed_everything(kw: dict[str, Any]) -> None:
         torch.manual_seed(seeds[2])
 
 
-def build_lm(kw: dict[str, Any]) -> Any:
+def build_lm(settings: EvalSettings) -> Any:
     """Build the model the way `simple_evaluate` does, once, for the search and the evaluation."""
     import lm_eval.api.model
     import lm_eval.api.registry
 
-    model = kw["model"]
+    model = settings.model
     if not isinstance(model, str):
         return model
-    extra = {"batch_size": kw.get("batch_size"), "max_batch_size": kw.get("max_batch_size"), "device": kw.get("device")}
+    extra = {"batch_size": settings.batch_size, "max_batch_size": settings.max_batch_size, "device": settings.device}
     factory = lm_eval.api.registry.get_model(model)
-    args = kw.get("model_args") or ""
+    args = settings.model_args or ""
     lm = factory.create_from_arg_obj(args, extra) if isinstance(args, dict) else factory.create_from_arg_string(args, extra)
-    if kw.get("use_cache"):
-        lm = lm_eval.api.model.CachingLM(lm, f"{kw['use_cache']}_rank{lm.rank}.db")
+    if settings.use_cache:
+        lm = lm_eval.api.model.CachingLM(lm, f"{settings.use_cache}_rank{lm.rank}.db")
     return lm
 
 
@@ -79,9 +81,9 @@ def unwrap(lm: Any) -> Any:
     return getattr(lm, "lm", lm)
 
 
-def apply_task_overrides(tasks: dict[str, Any], kw: dict[str, Any]) -> None:
+def apply_task_overrides(tasks: dict[str, Any], gen_kwargs: str | dict[str, Any] | None = None, num_fewshot: int | None = None,
+                         fewshot_seed: int | None = None) -> None:  # fmt: skip
     """Per-task settings exactly as `simple_evaluate` applies them (bare `evaluate()` does not)."""
-    gen_kwargs, num_fewshot = kw.get("gen_kwargs"), kw.get("num_fewshot")
     if isinstance(gen_kwargs, str):
         from lm_eval.utils import simple_parse_args_string
 
@@ -93,12 +95,7 @@ def apply_task_overrides(tasks: dict[str, Any], kw: dict[str, Any]) -> None:
             task.set_config(key="num_fewshot", value=num_fewshot)
         elif task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
-        task.set_fewshot_seed(seed=kw.get("fewshot_random_seed"))
-
-
-def evaluation_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    """The `simple_evaluate` arguments that `evaluate()` takes as they are."""
-    return {key: kw.get(key, False) for key in ("apply_chat_template", "fewshot_as_multiturn", "confirm_run_unsafe_code")}
+        task.set_fewshot_seed(seed=fewshot_seed)
 
 
 def root_items(loaded: dict[str, Any]) -> list[Any]:

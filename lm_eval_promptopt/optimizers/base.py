@@ -39,7 +39,10 @@ class NoConfig:
 class Problem:
     """One leaf task to optimize: its docs, the harness-backed objective, the model, the run log.
 
-    `lm`, `plan` and `objective` are the constructor's inputs; optimizers use the members below.
+    Not sealed: `lm`, `plan` and `objective` are the constructor's inputs, and optimizers use the
+    methods and properties below. The one reach past them is `model`, the evaluated lm-eval model
+    itself: GReaTer needs its Hugging Face model and tokenizer (`model.model`, `model.tokenizer`)
+    for gradients, and GPO's `optimizer_model=self` generates with it.
     """
 
     task_name: str

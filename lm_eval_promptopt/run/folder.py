@@ -42,16 +42,17 @@ def command_line() -> str:
     return mask_credentials(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
 
 
-def default_run_dir(kw: dict[str, Any]) -> Path:
-    """A new run folder, named as lm-eval names its results folder (the model), then the time."""
-    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
+def default_run_dir(output_path: Path | None, model: Any, model_args: str | dict[str, Any] | None) -> Path:
+    """A new run folder under `output_path`, named as lm-eval names its results folder (the
+    model), then the time."""
     from lm_eval.utils import sanitize_model_name
 
-    tracker = kw.get("evaluation_tracker")
-    output = Path(tracker.output_path) if tracker is not None and tracker.output_path else DEFAULT_OUTPUT
+    from ..harness.lm_eval_compat import model_name as lm_eval_model_name
+
+    output = output_path or DEFAULT_OUTPUT
     if output.suffix == ".json":
         output = output.parent
-    model_name = GeneralConfigTracker._get_model_name(kw.get("model_args")) or str(kw.get("model"))
+    model_name = lm_eval_model_name(model_args) or str(model)
     stamp = datetime.datetime.now().isoformat(timespec="seconds").replace(":", "-")
     return output.absolute() / sanitize_model_name(model_name) / f"prompt_optimization_{stamp}"
 
@@ -80,11 +81,11 @@ class RunFolder:
         self._lock = lock
 
     @classmethod
-    def open(cls, kw: dict[str, Any], run_key: str, refresh: bool) -> RunFolder:
+    def open(cls, output_path: Path | None, model: Any, model_args: str | dict[str, Any] | None, run_key: str, refresh: bool) -> RunFolder:
         """Resume the same command's unfinished run folder (unless `refresh`) or start one; lock
         it and mark it running. The lock refuses a second live run of the same command (it
         would pay every call twice)."""
-        new = default_run_dir(kw)
+        new = default_run_dir(output_path, model, model_args)
         try:
             # one process at a time chooses its folder, so two runs started together cannot both miss each other
             with contextlib.closing(lock_file(new.parent / ".prompt_optimization.lock", wait=True)):

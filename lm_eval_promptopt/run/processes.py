@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..harness.lm_eval_compat import single_process
 from ..harness.setup import unwrap
 
 
@@ -75,13 +76,8 @@ class ProcessGroup:
     @contextlib.contextmanager
     def local(self, lm: Any) -> Iterator[None]:
         """Make a data-parallel lm-eval model act as a single process (its own requests only)."""
-        inner = unwrap(lm)
-        saved = (getattr(inner, "_rank", None), getattr(inner, "_world_size", None))
-        swap = self.size > 1 and saved[1] not in (None, 1)
-        if swap:
-            inner._rank, inner._world_size = 0, 1
-        try:
+        if self.size == 1:
             yield
-        finally:
-            if swap:
-                inner._rank, inner._world_size = saved
+            return
+        with single_process(unwrap(lm)):
+            yield

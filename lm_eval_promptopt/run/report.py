@@ -232,13 +232,14 @@ def fill_tracker(tracker: Any, instructions: dict[str, str], model: Any, model_a
     the results JSON lands beside it."""
     if tracker is None:
         return
-    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
     from lm_eval.utils import hash_string
+
+    from ..harness.lm_eval_compat import model_name
 
     general = tracker.general_config_tracker
     text = harness_system_instruction(instructions)
     general.system_instruction = text
     general.system_instruction_sha = hash_string(text) if text and text != PER_TASK_INSTRUCTIONS else None
-    if not GeneralConfigTracker._get_model_name(model_args):
+    if not model_name(model_args):
         general.model_name = str(model)
         general.model_name_sanitized = model_folder

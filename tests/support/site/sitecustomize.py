@@ -19,7 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-MODULE = "lm_eval.tasks._index"
+from lm_eval_promptopt.harness.lm_eval_compat import TASK_INDEX_MODULE as MODULE  # (a private lm-eval module)
+
 _FAILED = "__failed__"  # what the index makes of a YAML that does not parse: it skips it
 
 
