@@ -134,7 +134,7 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
     from .run.processes import ProcessGroup
     from .harness.setup import check_model_paths
     from .harness.splits import resolve_split
-    from .run.store import InstructionCache, default_cache_dir
+    from .run.instruction_cache import InstructionCache, default_cache_dir
     from .run.transfer import read_source
 
     run = None

@@ -31,10 +31,10 @@ from .options import RunOptions
 from .run.folder import RunFolder, log_error
 from .run.log import Checkpoint, RunLog, Trajectory
 from .run.processes import ProcessGroup
-from .run.report import TaskOutcome, comparison_rows, fill_tracker, projected_cost_table, results_section, summary, write_outputs
+from .report.run_report import TaskOutcome, comparison_rows, fill_tracker, projected_cost_table, results_section, summary, write_outputs
 from .run.stop import budget
 from .run.search_key import cacheable, search_key
-from .run.store import InstructionCache, digest, model_identity
+from .run.instruction_cache import InstructionCache, digest, model_identity
 from .run.transfer import Source, check_transfer
 
 RUN_KEY_ARGS = ("model", "model_args", "tasks", "num_fewshot", "gen_kwargs", "limit", "apply_chat_template",

@@ -11,7 +11,7 @@ import yaml
 from conftest import CI_SCRIPT, CI_TASK, run_ci_script
 
 from lm_eval_promptopt import __version__
-from lm_eval_promptopt.run.leaderboard import scores_table
+from lm_eval_promptopt.report.leaderboard import scores_table
 
 pytestmark = pytest.mark.xdist_group("ci_run")  # one worker builds the shared CI run
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import CI_TASK, CI_TASKS, REPO, run_lm_eval
 
 from lm_eval_promptopt.cli import main
-from lm_eval_promptopt.run.leaderboard import leaderboard, render, scores_table
-from lm_eval_promptopt.run.leaderboard_html import chart_points
+from lm_eval_promptopt.report.leaderboard import leaderboard, render, scores_table
+from lm_eval_promptopt.report.leaderboard_html import chart_points
 
 pytestmark = pytest.mark.xdist_group("ci_run")  # one worker builds the shared CI run
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import load_results, needs_shared_data
 from test_gpo import Background
 
-from lm_eval_promptopt.run.report import PER_TASK_INSTRUCTIONS
+from lm_eval_promptopt.report.run_report import PER_TASK_INSTRUCTIONS
 
 pytestmark = needs_shared_data
 BBH, NAVIGATE = "bbh_cot_zeroshot_boolean_expressions", "bbh_cot_zeroshot_navigate"

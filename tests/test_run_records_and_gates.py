@@ -18,9 +18,9 @@ import pytest
 from conftest import OFFLINE, REPO, lm_eval_command
 
 from lm_eval_promptopt.cli import main
-from lm_eval_promptopt.run.board import UNCHECKED_MARK
-from lm_eval_promptopt.run.leaderboard import leaderboard, render, scores_table
-from lm_eval_promptopt.run.report import dev_plot_labels
+from lm_eval_promptopt.report.board import UNCHECKED_MARK
+from lm_eval_promptopt.report.leaderboard import leaderboard, render, scores_table
+from lm_eval_promptopt.report.run_report import dev_plot_labels
 
 TASKS = "planted_largest,planted_first"
 METRIC = "exact_match,get-answer"

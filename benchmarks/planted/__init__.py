@@ -50,7 +50,7 @@ from typing import Any
 
 from benchmarks.tiny_llama import CHAT_TEMPLATE, init_llama
 from lm_eval_promptopt.harness.prompting import Placement
-from lm_eval_promptopt.run.store import cache_root
+from lm_eval_promptopt.run.instruction_cache import cache_root
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_DIR = REPO / "task_configs" / "planted"

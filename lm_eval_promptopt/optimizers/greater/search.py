@@ -255,7 +255,7 @@ class Search:
         """Score `prompts`, memoized and journaled for a resume."""
         for ids, scored in zip(prompts, self.scorer.score(prompts)):
             self.memo[tuple(ids)] = scored
-            self.problem.log.log({"ids": ids, **asdict(scored)})
+            self.problem.log.write_journal({"ids": ids, **asdict(scored)})
 
     def _measures(self, started: float, counters: dict[str, float], seconds: dict[str, float]) -> dict[str, Any]:
         """What the step cost: wall seconds, counters and phase seconds since the step began, the

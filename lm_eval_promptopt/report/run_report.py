@@ -11,7 +11,7 @@ from typing import Any
 from .. import __version__
 from ..errors import PromptOptError
 from .board import fmt
-from .files import read_jsonl, write_json
+from ..run.files import read_jsonl, write_json
 
 SCHEMA_VERSION = 1
 
