@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .base import OptimizationResult, Optimizer, Problem, register_optimizer
+from .base import OptimizationResult, Optimizer, Problem
+from .registry import register_optimizer
 
 
 @register_optimizer("none")
