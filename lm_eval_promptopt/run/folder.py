@@ -5,7 +5,6 @@ it, credentials masked) and `error.log`."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import re
@@ -16,8 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from filelock import FileLock, Timeout
+
 from ..errors import PromptOptError
-from .files import lock_file, write_json
+from .files import write_json
 
 DEFAULT_OUTPUT = Path("lm_eval_promptopt_runs")
 """Where run folders go without --output_path."""
@@ -72,7 +73,7 @@ def find_interrupted_run(parent: Path, run_key: str) -> Path | None:
 class RunFolder:
     """The folder this process chose, locked and marked `running` until `finish`."""
 
-    def __init__(self, path: Path, run_key: str, lock: Any, resumed: bool) -> None:
+    def __init__(self, path: Path, run_key: str, lock: FileLock, resumed: bool) -> None:
         self.path = path
         self.run_key = run_key
         self.command = command_line()
@@ -87,15 +88,19 @@ class RunFolder:
         new = default_run_dir(kw)
         try:
             # one process at a time chooses its folder, so two runs started together cannot both miss each other
-            with contextlib.closing(lock_file(new.parent / ".prompt_optimization.lock", wait=True)):
+            new.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(new.parent / ".prompt_optimization.lock"):
                 found = None if refresh else find_interrupted_run(new.parent, run_key)
                 path = found or new
-                lock = lock_file(path / ".lock", wait=False)
-                if lock is None:
+                path.mkdir(parents=True, exist_ok=True)
+                lock = FileLock(path / ".lock")
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
                     raise PromptOptError(
                         f"another lm_eval process is running this command in {path} now; wait for it to "
                         "finish, or stop it and rerun to resume it, or pass another --output_path"
-                    )
+                    ) from None
                 folder = cls(path, run_key, lock, found is not None)
                 folder._mark("running")
         except OSError as err:
@@ -109,7 +114,7 @@ class RunFolder:
         a rerun of the same command resumes any run that did not complete."""
         self._mark(status)
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     def _mark(self, status: str) -> None:
