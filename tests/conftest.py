@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -99,6 +100,11 @@ def run_lm_eval(args: list[str], entry: str = "lm_eval", check: bool = True, **e
     if check and proc.returncode != 0:
         raise AssertionError(f"lm_eval exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
     return proc
+
+
+def squeezed(markdown: str) -> str:
+    """Markdown with runs of spaces made one (pytablewriter pads table cells to the column width)."""
+    return re.sub(" +", " ", markdown)
 
 
 def load_results(output_path: Path) -> dict:
