@@ -18,7 +18,10 @@ from urllib.parse import parse_qsl
 from filelock import FileLock, Timeout
 
 from ..errors import PromptOptError
+from ..logs import get_logger
 from .files import write_json
+
+logger = get_logger(__name__)
 
 DEFAULT_OUTPUT = Path("lm_eval_promptopt_runs")
 """Where run folders go without --output_path."""
@@ -106,7 +109,7 @@ class RunFolder:
         except OSError as err:
             raise PromptOptError(f"cannot write the run folder {new.parent} ({err.strerror or err}); pass a writable --output_path") from None
         if found is not None:
-            print(f"lm_eval_promptopt: resuming the interrupted run in {path} (refresh=true starts afresh)")
+            logger.info(f"lm_eval_promptopt: resuming the interrupted run in {path} (refresh=true starts afresh)")
         return folder
 
     def finish(self, status: str) -> None:

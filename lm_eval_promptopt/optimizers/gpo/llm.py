@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,13 +21,13 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_result, stop_after_attempt
-from tqdm.auto import tqdm
 
 from ...errors import StageError
+from ...logs import get_logger
 from ...harness.setup import unwrap
 
 Log = Callable[[dict[str, Any]], None]
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -328,10 +326,9 @@ class OpenAIChat:
             self._told_retrying = True
         most = sum(min(self.backoff * 2**i, self.max_backoff) for i in range(self.max_retries))
         where = self.base_url or "the OpenAI API"
-        tqdm.write(
+        logger.warning(
             f"lm_eval_promptopt: optimizer model {self.model!r} at {where}: {failure}; retrying "
             f"(up to {self.max_retries} retries, about {most:.0f} s of waiting; each attempt is logged in the trajectory)",
-            file=sys.stderr,
         )
 
     def _wait(self, state: RetryCallState) -> float:
