@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PromptOptError
+from ..run.instruction_cache import digest
 from .board import UNCHECKED_MARK, Cell, Leaderboard, Row, Run, cell_text, column_title, fmt, short_model, source_text
 from .leaderboard_html import to_html
 from .markdown import markdown_table
-from ..run.instruction_cache import digest
 
 UNCHECKED = ("its given instruction's source records no split plan, so its held-out docs may include docs the instruction "
              "was optimized on (pass the source run's results JSON or prompt_optimization.json as --optimized_prompts)")

@@ -10,9 +10,9 @@ from typing import Any
 
 from .. import __version__
 from ..errors import PromptOptError
+from ..run.files import read_jsonl, write_json
 from .board import fmt
 from .markdown import markdown_table
-from ..run.files import read_jsonl, write_json
 
 SCHEMA_VERSION = 1
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from .. import __version__
 from ..errors import PromptOptError
-from ..logs import get_logger
 from ..harness.setup import unwrap
+from ..logs import get_logger
 from .files import unwritable, write_json
 
 logger = get_logger(__name__)

@@ -23,8 +23,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_result, stop_after_attempt
 
 from ...errors import StageError
-from ...logs import get_logger
 from ...harness.setup import unwrap
+from ...logs import get_logger
 
 Log = Callable[[dict[str, Any]], None]
 logger = get_logger(__name__)
