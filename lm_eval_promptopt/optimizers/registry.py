@@ -63,7 +63,10 @@ def get_optimizer(name: str) -> type[Optimizer]:
     _add_entry_points()
     if name not in OPTIMIZERS:
         raise PromptOptError(f"--optimize: unknown optimizer {name!r}; available: {', '.join(available_optimizers())}")
-    cls = OPTIMIZERS.get(name)
+    try:
+        cls = OPTIMIZERS.get(name)
+    except (ImportError, AttributeError, TypeError) as err:  # another package's entry point that does not load
+        raise PromptOptError(f"--optimize {name}: cannot load the optimizer ({type(err).__name__}: {err})") from None
     if getattr(cls, "name", None) is None:  # an entry point's class, registered without the decorator
         cls.name = name
     return cls
