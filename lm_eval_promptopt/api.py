@@ -63,7 +63,7 @@ def prepare(
     from .harness.splits import resolve_split
     from .optimizers import get_optimizer
     from .options import parse_optimize_args
-    from .run.store import InstructionCache, default_cache_dir
+    from .run.instruction_cache import InstructionCache, default_cache_dir
     from .run.transfer import read_source
 
     if optimizer and optimized_prompts:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
     def show(run_dir: Path) -> None:
         from .run.folder import unfinished
-        from .run.report import describe, plot_dev_scores
+        from .report.run_report import describe, plot_dev_scores
 
         path, status = run_dir / "prompt_optimization.json", unfinished(run_dir)
         if status:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     @click.option("--require-baseline", is_flag=True, help="Exit 1 if an optimized row has no baseline (compare_baseline=true).")
     def leaderboard_command(paths: tuple[Path, ...], form: str, out: Path | None, fail_under: tuple[str, ...],
                             fail_on_regression: bool, regression_tolerance: str, require_baseline: bool) -> None:  # fmt: skip
-        from .run.leaderboard import gate, leaderboard, parse_threshold, parse_tolerance, render
+        from .report.leaderboard import gate, leaderboard, parse_threshold, parse_tolerance, render
 
         try:
             thresholds = [parse_threshold(t) for t in fail_under]

@@ -27,17 +27,19 @@ from .harness.prompting import Placement, bind_instruction, detect_placement
 from .harness.settings import EvalSettings
 from .harness.setup import apply_task_overrides, build_lm, limited, limited_plan, quiet_harness, root_items, seed_everything
 from .harness.splits import SplitPlan, plan_splits
+from .logs import follow_verbosity, get_logger
 from .optimizers.base import Optimizer, Problem
 from .options import RunOptions
 from .run.folder import RunFolder, log_error
 from .run.log import Checkpoint, RunLog, Trajectory
 from .run.processes import ProcessGroup
-from .run.report import TaskOutcome, comparison_rows, fill_tracker, projected_cost_table, results_section, summary, write_outputs
+from .report.run_report import TaskOutcome, comparison_rows, fill_tracker, projected_cost_table, results_section, summary, write_outputs
 from .run.stop import budget
 from .run.search_key import cacheable, search_key
-from .run.store import InstructionCache, digest, model_identity
+from .run.instruction_cache import InstructionCache, digest, model_identity
 from .run.transfer import Source, check_transfer
 
+logger = get_logger(__name__)
 RUN_KEY_ARGS = ("model", "model_args", "tasks", "num_fewshot", "gen_kwargs", "limit", "apply_chat_template",
                 "fewshot_as_multiturn", "system_instruction", "random_seed", "numpy_random_seed",
                 "torch_random_seed", "fewshot_random_seed")  # fmt: skip
@@ -92,6 +94,7 @@ class OptimizeRun:
         (None on the other processes of a data-parallel run)."""
         if settings.predict_only:
             raise PromptOptError("--predict_only computes no metric, so there is nothing to optimize; drop one of them")
+        follow_verbosity(settings.verbosity)
         group = self._start(settings)
         bench = self._load_tasks(settings)
         with self._phase("model load"):  # after the tasks and their plans: a bad size fails before it
@@ -128,7 +131,7 @@ class OptimizeRun:
                 raise PromptOptError(f"--optimized_prompts has no instruction for: {', '.join(missing)}; add them or drop those tasks")
             extra = sorted(set(self.given_prompts) - set(loaded["tasks"]))
             if extra and self.is_main:
-                print(f"lm_eval_promptopt: --optimized_prompts: ignoring the instructions for tasks not in this run: {', '.join(extra)}")
+                logger.info(f"lm_eval_promptopt: --optimized_prompts: ignoring the instructions for tasks not in this run: {', '.join(extra)}")
         splits = {name: TaskSplits(task) for name, task in loaded["tasks"].items()}
         fewshot_seed = settings.fewshot_random_seed
         plans = {
@@ -160,7 +163,7 @@ class OptimizeRun:
         failures: dict[str, str] = {}
         bar = tqdm(group.shard(list(bench.loaded["tasks"])), desc=f"optimize ({self.optimizer_cls.name})" + group.label, unit="task", position=group.rank)
         # lines printed or logged during the search go above the progress bars, not onto them
-        with group.local(bench.lm), logging_redirect_tqdm(loggers=[logging.getLogger("lm_eval"), logging.getLogger("lm_eval_promptopt")]):
+        with group.local(bench.lm), logging_redirect_tqdm(loggers=[logging.getLogger("lm_eval")]):
             for name in bar:
                 bar.set_postfix_str(name)
                 try:
@@ -246,13 +249,13 @@ class OptimizeRun:
         checkpoint = Checkpoint(self.run_dir / "state" / f"{name}.json", digest(key))
         saved = checkpoint.load() or {}
         if "outcome" in saved:  # finished before the interruption
-            tqdm.write(f"lm_eval_promptopt: {name}: search finished in the interrupted run; reusing it")
+            logger.info(f"lm_eval_promptopt: {name}: search finished in the interrupted run; reusing it")
             return TaskOutcome(**saved["outcome"])
         cached = None if self.cache is None or self.options.refresh else self.cache.lookup(key)
         if cached is not None:
             entry = str(self.cache.path(key))
             Trajectory(trajectory_path).append({"kind": "cache_hit", "cache_entry": entry, "instruction": cached["final_instruction"]})
-            tqdm.write(f"lm_eval_promptopt: {name}: reusing the cached search {entry} (refresh=true searches again)")
+            logger.info(f"lm_eval_promptopt: {name}: reusing the cached search {entry} (refresh=true searches again)")
             kept = {k: cached[k] for k in ("final_instruction", "initial_dev_score", "final_dev_score", "stop_reason", "evaluations", "wall_time_s", "details")}
             return TaskOutcome(**common, **kept, trajectory_file=str(trajectory_path), source="cache", cache_entry=entry)
         searched = self._search(name, bench, optimizer, initial, metric, checkpoint, trajectory_path, common)
@@ -260,7 +263,7 @@ class OptimizeRun:
             entry = self.cache.save(key, asdict(searched))  # a failed write warns; the run's outputs hold the search
             searched.cache_entry = str(entry) if entry else None
         elif self.cache is not None:
-            tqdm.write(f"lm_eval_promptopt: {name}: the time limit stopped this search, so it is not cached (how far it gets depends on the machine's speed and load)")
+            logger.info(f"lm_eval_promptopt: {name}: the time limit stopped this search, so it is not cached (how far it gets depends on the machine's speed and load)")
         checkpoint.save({"outcome": asdict(searched)})
         return searched
 
@@ -289,7 +292,7 @@ class OptimizeRun:
         )
         objective.preload(log.previous)
         if log.resumed is not None:
-            tqdm.write(f"lm_eval_promptopt: {name}: resuming after step {log.steps_done} ({checkpoint.path})")
+            logger.info(f"lm_eval_promptopt: {name}: resuming after step {log.steps_done} ({checkpoint.path})")
             log.record({"kind": "resumed", "after_step": log.steps_done})
         problem = Problem(name, bench.lm, bench.plans[name], objective, initial, opts.seed, log)
         initial_score = problem.score(initial, "dev")
@@ -297,7 +300,7 @@ class OptimizeRun:
         final, final_score = result.instruction, problem.score(result.instruction, "dev")
         kept = opts.keep_initial and initial_score > final_score
         if kept:  # never worse on optimize-dev than the start
-            tqdm.write(
+            logger.info(
                 f"lm_eval_promptopt: {name}: the search's choice scores {final_score:.4f} on optimize-dev, below the initial "
                 f"instruction's {initial_score:.4f}: keeping the initial instruction (keep_initial=false keeps the search's choice)"
             )

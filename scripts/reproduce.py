@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from lm_eval_promptopt.run.leaderboard import load_run
+from lm_eval_promptopt.report.leaderboard import load_run
 from lm_eval_promptopt.optimizers import get_optimizer
 from lm_eval_promptopt.options import parse_optimize_args
-from lm_eval_promptopt.run.report import projected_cost_table
+from lm_eval_promptopt.report.run_report import projected_cost_table
 from lm_eval_promptopt.harness.splits import SplitPlan, plan_splits, resolve_split
 
 GREATER_BBH = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,11 @@ def evaluate(tmp_path: Path) -> Callable[..., dict]:
         return evaluate_in_process(**kwargs)
 
     return run
+
+
+def squeezed(markdown: str) -> str:
+    """Markdown with runs of spaces made one (pytablewriter pads table cells to the column width)."""
+    return re.sub(" +", " ", markdown)
 
 
 def load_results(output_path: Path) -> dict:

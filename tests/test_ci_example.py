@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CI_SCRIPT, CI_TASK, run_ci_script
+from conftest import CI_SCRIPT, CI_TASK, run_ci_script, squeezed
 
 from lm_eval_promptopt import __version__
-from lm_eval_promptopt.run.leaderboard import scores_table
+from lm_eval_promptopt.report.leaderboard import scores_table
 
 pytestmark = pytest.mark.xdist_group("ci_run")  # one worker builds the shared CI run
 
@@ -35,7 +35,7 @@ def test_a_warm_cache_does_no_search_and_gives_the_same_table(ci_run: dict):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sources(second) == ["cache"] * 8, "a warm cache must do no search"
     assert "8 entries restored" in proc.stdout and "reusing the cached search" in proc.stderr + proc.stdout
-    table_1, table_2 = ((out / "leaderboard.md").read_text() for out in (first, second))
+    table_1, table_2 = (squeezed((out / "leaderboard.md").read_text()) for out in (first, second))
     assert scores_table(table_1) == scores_table(table_2)
     assert f"| {CI_TASK} |" in scores_table(table_2) and "| planted (group) |" in scores_table(table_2)
     provenance = table_2.split("| source | results |", 1)[1]

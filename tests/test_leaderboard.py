@@ -11,11 +11,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import CI_TASK, CI_TASKS, REPO, run_lm_eval
+from conftest import CI_TASK, CI_TASKS, REPO, run_lm_eval, squeezed
 
 from lm_eval_promptopt.cli import main
-from lm_eval_promptopt.run.leaderboard import leaderboard, render, scores_table
-from lm_eval_promptopt.run.leaderboard_html import chart_points
+from lm_eval_promptopt.report.leaderboard import leaderboard, render, scores_table
+from lm_eval_promptopt.report.leaderboard_html import chart_points
 
 pytestmark = pytest.mark.xdist_group("ci_run")  # one worker builds the shared CI run
 
@@ -79,10 +79,10 @@ def test_cells_are_the_results_jsons_numbers(runs: dict[str, Path]):
 def test_markdown_csv_and_json(runs: dict[str, Path], capsys):
     code, md, _ = cli([runs["ci"]], capsys)
     assert code == 0
-    header, rule, *rows = scores_table(md).splitlines()
+    header, rule, *rows = squeezed(scores_table(md)).splitlines()
     assert header == f"| model | optimizer | settings | {' | '.join(CI_TASKS)} | planted (group) |" and len(rows) == 2
     assert all("candidates" in r and " ± " in r and "(base " in r for r in rows)
-    assert "| source | results |" in md and "Flags:" not in md
+    assert "| source | results |" in squeezed(md) and "Flags:" not in md
 
     code, text, _ = cli([runs["ci"], "--format", "csv"], capsys)
     records = list(csv.DictReader(io.StringIO(text)))
@@ -109,7 +109,7 @@ def test_runs_under_other_plans_seeds_or_metrics_are_flagged(runs: dict[str, Pat
     assert code == 0, "flags alone do not fail"
     board = leaderboard([runs["ci"], runs["plain"], runs["regressed"]])
     assert board.mixed[CI_TASK] == ["split plan", "seeds"] and len(board.rows) == 4
-    assert f"| {CI_TASK} ⚠ |" in md.splitlines()[0] and "| planted_first |" in md.splitlines()[0], "only the mixed column"
+    assert f"| {CI_TASK} ⚠ |" in squeezed(md.splitlines()[0]) and "| planted_first |" in squeezed(md.splitlines()[0]), "only the mixed column"
     flags = [line for line in md.splitlines() if line.startswith(f"- {CI_TASK}: rows differ in split plan")]
     assert len(flags) == 1 and "seed=1" in flags[0] and "/ baseline" in flags[0]
     assert "flag:" in err

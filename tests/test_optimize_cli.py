@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval
+from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval, squeezed
 
 pytestmark = needs_shared_data
 
@@ -83,7 +83,7 @@ def test_baseline_comparison_is_printed_and_saved(bbh_run):
         "name": "bbh_cot_zeroshot_snarks", "metric": "exact_match,flexible-extract",
         "baseline": 0.0, "optimized": 1.0, "delta": 1.0,
     }
-    assert "| bbh_cot_zeroshot_snarks | exact_match,flexible-extract | 0.0000 | 1.0000 | +1.0000 |" in stdout
+    assert "| bbh_cot_zeroshot_snarks | exact_match,flexible-extract | 0.0000 | 1.0000 | +1.0000 |" in squeezed(stdout)
     run_dir = Path(results["prompt_optimization"]["run_dir"])
     assert "+1.0000" in (run_dir / "baseline_vs_optimized.md").read_text(encoding="utf-8")
     assert json.loads((run_dir / "optimized_prompts.json").read_text(encoding="utf-8")) == {

@@ -13,7 +13,7 @@ import pytest
 from conftest import load_results, needs_shared_data
 from test_gpo import Background
 
-from lm_eval_promptopt.run.report import PER_TASK_INSTRUCTIONS
+from lm_eval_promptopt.report.run_report import PER_TASK_INSTRUCTIONS
 
 pytestmark = needs_shared_data
 BBH, NAVIGATE = "bbh_cot_zeroshot_boolean_expressions", "bbh_cot_zeroshot_navigate"
@@ -23,7 +23,8 @@ FOCUS = "Focus on boolean_expressions."
 @pytest.fixture(scope="module")
 def runs(local_tasks: Path, tmp_path_factory: pytest.TempPathFactory):
     """`searched`: two tasks, each choosing its own candidate, under umask 002 (a shared cache).
-    `given`: --optimized_prompts with one instruction for this run's task and one for another."""
+    `given`: --optimized_prompts with one instruction for this run's task and one for another;
+    `warnings_only`: the same at lm-eval's log level WARNING."""
     common = ["--model", "oracle", "--include_path", str(local_tasks), "--limit", "2"]
     cache = tmp_path_factory.mktemp("hygiene_cache")
     prompts = tmp_path_factory.mktemp("hygiene_prompts") / "prompts.json"
@@ -38,6 +39,10 @@ def runs(local_tasks: Path, tmp_path_factory: pytest.TempPathFactory):
             ),  # fmt: skip
             "given": Background(
                 [*common, "--tasks", BBH, "--optimized_prompts", str(prompts)], tmp_path_factory.mktemp("hygiene_given"), entry="oracle_cli"
+            ),
+            "warnings_only": Background(
+                [*common, "--tasks", BBH, "--optimized_prompts", str(prompts)], tmp_path_factory.mktemp("hygiene_quiet"), entry="oracle_cli",
+                LMEVAL_LOG_LEVEL="WARNING",
             ),
         }
     finally:
@@ -86,6 +91,8 @@ def test_given_prompts_for_other_tasks_are_named_and_no_empty_plot(runs):
     run_dir = run_dir_of(runs["given"].out)
     assert (run_dir / "optimized_prompts.json").is_file() and not (run_dir / "dev_scores.png").exists()
     assert "dev_scores.png" not in proc.stdout
+    quiet = runs["warnings_only"].result()  # our notes follow lm-eval's log level; the summary still prints
+    assert "ignoring the instructions" not in quiet.stdout + quiet.stderr and "prompt optimization outputs:" in quiet.stdout
     results = load_results(runs["given"].out)
     assert results["system_instruction"] == FOCUS and results["system_instruction_sha"]  # the one instruction used
     assert results["results"][BBH]["exact_match,flexible-extract"] == 1.0

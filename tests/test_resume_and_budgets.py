@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OFFLINE, load_results, lm_eval_command, needs_shared_data, run_lm_eval
+from conftest import OFFLINE, load_results, lm_eval_command, needs_shared_data, run_lm_eval, squeezed
 from scripted_server import ScriptedServer, edit_toward
 
 pytestmark = needs_shared_data
@@ -136,7 +136,7 @@ def test_each_budget_stops_the_search_keeps_the_best_and_says_why(local_tasks: P
     expected = "Be brief." if reason == "time_limit" else "Focus on boolean_expressions."
     assert task["final_instruction"] == expected
     if not extra:  # the projected cost, printed before the search: the initial instruction and 5 candidates on 100 dev docs
-        table = stdout.split("projected cost of the candidates searches", 1)[1]
+        table = squeezed(stdout.split("projected cost of the candidates searches", 1)[1])
         assert f"| {BBH} | 50 | 100 | 6 | 600 | 0 |" in table and "| total | | | 6 | 600 | 0 |" in table
 
 

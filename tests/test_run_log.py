@@ -50,9 +50,9 @@ def test_a_resumed_log_keeps_completed_steps_and_drops_an_unfinished_steps_recor
     trajectory, state = tmp_path / "trajectories" / "t.jsonl", tmp_path / "state" / "t.json"
     first = RunLog(trajectory, Checkpoint(state, "key"), stop=Patience(2))
     first.record({"instruction": "A", "score": 0.5})
-    first.log({"step": 1})
+    first.write_journal({"step": 1})
     assert first.step_done(0.5, {"at": 1}) is None
-    first.log({"step": 2})  # the step the kill interrupts
+    first.write_journal({"step": 2})  # the step the kill interrupts
     with trajectory.open("a", encoding="utf-8") as handle:
         handle.write('{"torn": ')
     again = RunLog(trajectory, Checkpoint(state, "key"), stop=Patience(2))

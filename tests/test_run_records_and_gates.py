@@ -15,12 +15,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import OFFLINE, REPO, lm_eval_command
+from conftest import OFFLINE, REPO, lm_eval_command, squeezed
 
 from lm_eval_promptopt.cli import main
-from lm_eval_promptopt.run.board import UNCHECKED_MARK
-from lm_eval_promptopt.run.leaderboard import leaderboard, render, scores_table
-from lm_eval_promptopt.run.report import dev_plot_labels
+from lm_eval_promptopt.report.board import UNCHECKED_MARK
+from lm_eval_promptopt.report.leaderboard import leaderboard, render, scores_table
+from lm_eval_promptopt.report.run_report import dev_plot_labels
 
 TASKS = "planted_largest,planted_first"
 METRIC = "exact_match,get-answer"
@@ -155,7 +155,7 @@ def test_prompts_copied_away_from_their_run_are_flagged(runs: dict, capsys):
     assert all(t["details"]["transfer_check"]["check"] == "unchecked" for t in tasks.values())
     code, md, err = cli([runs["given"], runs["results"]], capsys)
     assert code == 0, "a flag, not a failure"
-    rows = scores_table(md).splitlines()[2:]
+    rows = squeezed(scores_table(md)).splitlines()[2:]
     (given_row,) = [r for r in rows if "| none |" in r]  # --optimized_prompts runs as optimizer none
     (search_row,) = [r for r in rows if "| candidates |" in r]
     assert given_row.count(UNCHECKED_MARK) == 2 and UNCHECKED_MARK not in search_row

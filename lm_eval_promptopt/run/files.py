@@ -1,5 +1,5 @@
 """The file primitives every run file uses: atomic JSON, JSONL that survives a kill, the folder
-check done before any work, and OS locks."""
+check done before any work."""
 
 from __future__ import annotations
 
@@ -53,17 +53,3 @@ def unwritable(folder: Path) -> str | None:
         return "a file, not a folder" if folder.is_file() else (err.strerror or str(err))
     return None
 
-
-def lock_file(path: Path, wait: bool) -> Any | None:
-    """An OS lock on `path` (held while the returned handle is open; released when the process
-    ends, even by SIGKILL), or None where another process holds it and not `wait`."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle

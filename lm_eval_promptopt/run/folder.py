@@ -5,7 +5,6 @@ it, credentials masked) and `error.log`."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import re
@@ -16,8 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from filelock import FileLock, Timeout
+
 from ..errors import PromptOptError
-from .files import lock_file, write_json
+from ..logs import get_logger
+from .files import write_json
+
+logger = get_logger(__name__)
 
 DEFAULT_OUTPUT = Path("lm_eval_promptopt_runs")
 """Where run folders go without --output_path."""
@@ -73,7 +77,7 @@ def find_interrupted_run(parent: Path, run_key: str) -> Path | None:
 class RunFolder:
     """The folder this process chose, locked and marked `running` until `finish`."""
 
-    def __init__(self, path: Path, run_key: str, lock: Any, resumed: bool) -> None:
+    def __init__(self, path: Path, run_key: str, lock: FileLock, resumed: bool) -> None:
         self.path = path
         self.run_key = run_key
         self.command = command_line()
@@ -88,21 +92,25 @@ class RunFolder:
         new = default_run_dir(output_path, model, model_args)
         try:
             # one process at a time chooses its folder, so two runs started together cannot both miss each other
-            with contextlib.closing(lock_file(new.parent / ".prompt_optimization.lock", wait=True)):
+            new.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(new.parent / ".prompt_optimization.lock"):
                 found = None if refresh else find_interrupted_run(new.parent, run_key)
                 path = found or new
-                lock = lock_file(path / ".lock", wait=False)
-                if lock is None:
+                path.mkdir(parents=True, exist_ok=True)
+                lock = FileLock(path / ".lock")
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
                     raise PromptOptError(
                         f"another lm_eval process is running this command in {path} now; wait for it to "
                         "finish, or stop it and rerun to resume it, or pass another --output_path"
-                    )
+                    ) from None
                 folder = cls(path, run_key, lock, found is not None)
                 folder._mark("running")
         except OSError as err:
             raise PromptOptError(f"cannot write the run folder {new.parent} ({err.strerror or err}); pass a writable --output_path") from None
         if found is not None:
-            print(f"lm_eval_promptopt: resuming the interrupted run in {path} (refresh=true starts afresh)")
+            logger.info(f"lm_eval_promptopt: resuming the interrupted run in {path} (refresh=true starts afresh)")
         return folder
 
     def finish(self, status: str) -> None:
@@ -110,7 +118,7 @@ class RunFolder:
         a rerun of the same command resumes any run that did not complete."""
         self._mark(status)
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     def _mark(self, status: str) -> None:

@@ -123,7 +123,7 @@ class RunLog:
         """Bulky per-step records (e.g. GReaTer's scored candidates) of the completed steps."""
         return list(self._journal)
 
-    def log(self, entry: dict[str, Any]) -> None:
+    def write_journal(self, entry: dict[str, Any]) -> None:
         """Append to the journal (kept on resume once the step that wrote it is done)."""
         self._journal.append(entry)
         if self.checkpoint is not None:

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PromptOptError
+from ..logs import get_logger
 from ..options import RunOptions
 from ..harness.splits import SplitPlan, Subset
+
+logger = get_logger(__name__)
 
 PLAN_OPTIONS = ("seed", "split", "train_size", "dev_size")
 """The run options that choose a plan; the hint for the source's plan names those it changed."""
@@ -88,7 +91,7 @@ def check_transfer(source: Source, given: dict[str, str], plans: dict[str, Split
             rule = f"{plan.rule}; minus {len(overlap)} held-out docs the given instruction was optimized on (exclude_source_docs=true)"
             plans[name] = dataclasses.replace(plan, rule=rule, heldout=Subset(heldout.split, kept), heldout_is_whole_split=False)
             records[name] = {**record, "check": "excluded", "excluded_docs": len(overlap)}
-            print(f"lm_eval_promptopt: {name}: evaluating {len(kept)} held-out docs: left out the {len(overlap)} that {source.file} was optimized on")
+            logger.info(f"lm_eval_promptopt: {name}: evaluating {len(kept)} held-out docs: left out the {len(overlap)} that {source.file} was optimized on")
     if leaks:
         defaults = {f.name: f.default for f in dataclasses.fields(RunOptions)}
         shown = [k for k in PLAN_OPTIONS if k == "seed" or source.options.get(k, defaults.get(k)) not in (None, defaults.get(k))]
@@ -101,7 +104,7 @@ def check_transfer(source: Source, given: dict[str, str], plans: dict[str, Split
         )
     if unchecked:
         which = "records no split plan" if source.plans_from is None else f"records no plan for the instruction of {', '.join(unchecked)}"
-        print(
+        logger.info(
             f"lm_eval_promptopt: {source.file} {which}, so whether it was optimized on this run's held-out docs cannot be "
             "checked (an earlier run's results JSON or prompt_optimization.json records the plan)"
         )

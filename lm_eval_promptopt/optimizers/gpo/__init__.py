@@ -21,7 +21,8 @@ import os
 from typing import NoReturn
 
 from ...errors import PromptOptError
-from ..base import OptimizationResult, Optimizer, Problem, register_optimizer
+from ..base import OptimizationResult, Optimizer, Problem
+from ..registry import register_optimizer
 from .config import GPOConfig
 from .embed import NOT_INSTALLED, Embedder, have_sentence_transformers
 from .meta import Entry, choose, meta_prompt, parse_candidate, retrieve, total_steps, word_budget, word_edits

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,12 +20,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from tqdm.auto import tqdm
+from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_result, stop_after_attempt
 
 from ...errors import StageError
 from ...harness.setup import unwrap
+from ...logs import get_logger
 
 Log = Callable[[dict[str, Any]], None]
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -112,6 +113,10 @@ def replay(record: dict[str, Any], logged: dict[str, Any], usage: Usage) -> list
     return list(response["texts"])
 
 
+class _NotCompletion(Exception):
+    """An HTTP 200 whose body is not a chat completion."""
+
+
 class _Failed(Exception):
     def __init__(self, record: dict[str, Any], message: str, status: int | None) -> None:
         super().__init__(message)
@@ -162,7 +167,7 @@ class OpenAIChat:
         password = urlsplit(base_url).password if base_url else None
         url, query = split_query(base_url) if base_url else (None, {})
         self._secrets = [s for s in (api_key, password, unquote(password or ""), *query.values()) if s]
-        # The client's own retries are off: this class retries, bounded and logged.
+        # The client's own retries are off: tenacity retries here, each attempt logged in the trajectory.
         self.client = openai.OpenAI(base_url=url, api_key=api_key or "unused", timeout=timeout, max_retries=0, default_query=query or None)
         self.timeout = timeout
         self.max_retries = max_retries
@@ -235,55 +240,67 @@ class OpenAIChat:
             with self._lock:
                 return replay(record, self.replay[record["request_key"]], self.usage), record
         start = time.perf_counter()
-        for attempt in range(self.max_retries + 1):
-            with self._lock:
-                self.usage.requests += 1
-            try:
-                response = self.client.chat.completions.create(**request)
-            except Exception as err:  # noqa: BLE001 (every failure is logged; only transient ones are retried)
-                failure = self._describe(err)
-                record["attempts"].append({"error": failure})
-                if not self._retryable(err) or attempt == self.max_retries:
-                    tried = f"after {attempt + 1} attempt(s)" if self._retryable(err) else "(not retryable)"
-                    raise self._failed(record, start, failure, tried, getattr(err, "status_code", None)) from None
-                wait = self._wait(err, attempt)
-                record["attempts"][-1]["wait_s"] = wait
-                with self._lock:
-                    self.usage.retries += 1
-                self._tell_retrying(failure)
-                self.sleep(wait)
-                continue
-            if not hasattr(response, "choices"):  # a body that is not JSON (an HTML page): the wrong URL, not a transient fault
-                body = self._mask(" ".join(str(response).split()))
-                failure = f"HTTP 200 with a body that is not a chat completion: {body[:120]!r}{'...' if len(body) > 120 else ''}"
-                record["attempts"].append({"error": failure})
-                raise self._failed(record, start, f"{failure} (is it the API's base URL, e.g. ending in /v1?)", "(not retryable)", 200)
-            choices = sorted(response.choices or [], key=lambda c: c.index)
-            texts = [((c.message.content if c.message else None) or "") for c in choices]
-            usage = response.usage
-            tokens = {"prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0, "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
-            with self._lock:
-                self.usage.add(len(texts), tokens)
-            record["response"] = {
-                "texts": texts,
-                "finish_reasons": [c.finish_reason for c in choices],
-                "usage": tokens,
-                "model": getattr(response, "model", None),
-            }
-            if not any(map(self.usable, texts)):  # an answer with nothing in it: a fault like a 5xx
-                fault = "no usable answer: " + (f"{len(texts)} choice(s), all empty or unparsable" if texts else "no choices")
-                record["attempts"].append({"error": fault})
-                if attempt < self.max_retries:
-                    record["attempts"][-1]["wait_s"] = wait = min(self.backoff * 2**attempt, self.max_backoff)
-                    with self._lock:
-                        self.usage.retries += 1
-                    self._tell_retrying(fault)
-                    self.sleep(wait)
-                    continue
-                record["unusable"] = True
-            record["seconds"] = round(time.perf_counter() - start, 3)
-            return texts, record
-        raise AssertionError("unreachable")
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            retry=retry_if_exception(self._retryable) | retry_if_result(self._unusable),
+            wait=self._wait,
+            sleep=self.sleep,
+            before_sleep=lambda state: self._before_retry(record, state),
+            retry_error_callback=lambda state: state.outcome.result(),  # the last answer, or its error raised
+        )
+        try:
+            texts = retrying(self._attempt, request, record)
+        except _NotCompletion:
+            failure = record["attempts"][-1]["error"]
+            raise self._failed(record, start, f"{failure} (is it the API's base URL, e.g. ending in /v1?)", "(not retryable)", 200) from None
+        except Exception as err:  # noqa: BLE001 (every failure is logged)
+            tried = f"after {len(record['attempts'])} attempt(s)" if self._retryable(err) else "(not retryable)"
+            raise self._failed(record, start, record["attempts"][-1]["error"], tried, getattr(err, "status_code", None)) from None
+        if self._unusable(texts):
+            record["unusable"] = True
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        return texts, record
+
+    def _attempt(self, request: dict[str, Any], record: dict[str, Any]) -> list[str]:
+        """One request: its texts, its failure recorded in `record["attempts"]` (an unusable answer too)."""
+        with self._lock:
+            self.usage.requests += 1
+        try:
+            response = self.client.chat.completions.create(**request)
+        except Exception as err:
+            record["attempts"].append({"error": self._describe(err)})
+            raise
+        if not hasattr(response, "choices"):  # a body that is not JSON (an HTML page): the wrong URL, not a transient fault
+            body = self._mask(" ".join(str(response).split()))
+            record["attempts"].append({"error": f"HTTP 200 with a body that is not a chat completion: {body[:120]!r}{'...' if len(body) > 120 else ''}"})
+            raise _NotCompletion
+        choices = sorted(response.choices or [], key=lambda c: c.index)
+        texts = [((c.message.content if c.message else None) or "") for c in choices]
+        usage = response.usage
+        tokens = {"prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0, "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
+        with self._lock:
+            self.usage.add(len(texts), tokens)
+        record["response"] = {
+            "texts": texts,
+            "finish_reasons": [c.finish_reason for c in choices],
+            "usage": tokens,
+            "model": getattr(response, "model", None),
+        }
+        if self._unusable(texts):  # an answer with nothing in it: a fault like a 5xx
+            record["attempts"].append({"error": "no usable answer: " + (f"{len(texts)} choice(s), all empty or unparsable" if texts else "no choices")})
+        return texts
+
+    def _unusable(self, texts: list[str]) -> bool:
+        return not any(map(self.usable, texts))
+
+    def _before_retry(self, record: dict[str, Any], state: RetryCallState) -> None:
+        """Log the failed attempt's wait in its record, count the retry, and say so (once on stderr)."""
+        attempt = record["attempts"][-1]
+        attempt["wait_s"] = state.next_action.sleep
+        with self._lock:
+            self.usage.retries += 1
+        logger.debug("optimizer call %s: attempt %d failed (%s); retrying in %.2f s", record["request_key"], state.attempt_number, attempt["error"], attempt["wait_s"])
+        self._tell_retrying(attempt["error"])
 
     def _failed(self, record: dict[str, Any], start: float, failure: str, tried: str, status: int | None) -> _Failed:
         """The request's final failure: its record completed, and the one-line message."""
@@ -309,20 +326,21 @@ class OpenAIChat:
             self._told_retrying = True
         most = sum(min(self.backoff * 2**i, self.max_backoff) for i in range(self.max_retries))
         where = self.base_url or "the OpenAI API"
-        tqdm.write(
+        logger.warning(
             f"lm_eval_promptopt: optimizer model {self.model!r} at {where}: {failure}; retrying "
             f"(up to {self.max_retries} retries, about {most:.0f} s of waiting; each attempt is logged in the trajectory)",
-            file=sys.stderr,
         )
 
-    def _wait(self, err: Exception, attempt: int) -> float:
+    def _wait(self, state: RetryCallState) -> float:
+        """What the server's `Retry-After` asks, else `backoff * 2**attempt` (at most `max_backoff`)."""
+        err = state.outcome.exception()
         headers = getattr(getattr(err, "response", None), "headers", None) or {}
         for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
             try:
                 return min(max(float(headers[name]) * scale, 0.0), self.max_backoff)
             except (KeyError, TypeError, ValueError):
                 continue
-        return min(self.backoff * 2**attempt, self.max_backoff)
+        return min(self.backoff * 2 ** (state.attempt_number - 1), self.max_backoff)
 
     def _describe(self, err: Exception) -> str:
         status = getattr(err, "status_code", None)

@@ -21,7 +21,8 @@ import time
 from typing import Any
 
 from ...harness.setup import unwrap
-from ..base import OptimizationResult, Optimizer, Problem, register_optimizer
+from ..base import OptimizationResult, Optimizer, Problem
+from ..registry import register_optimizer
 from .config import CANDIDATES_SCORED, FIXED_PREFIX, INITIAL_PROMPT, TOP_KEPT, GreaterConfig
 from .diagnosis import diagnose
 from .engine import needs_hf, peak_memory_mb

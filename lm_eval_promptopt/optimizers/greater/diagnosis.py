@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tqdm import tqdm
+from ...logs import get_logger
+
+logger = get_logger(__name__)
 
 MOST = 0.5
 """A warning when the gold answer is near zero on more than this share of train docs."""
@@ -46,7 +48,7 @@ def diagnose(task: str, history: list[dict[str, Any]], extractor: str) -> dict[s
     share = sum(near) / len(near) if near else None
     if share is not None and share > MOST:
         fix = "try extractor=task" if extractor != "task" else "the model's answers rarely contain the gold at all"
-        tqdm.write(
+        logger.warning(
             f"lm_eval_promptopt: {task}: greater: the gold answer has probability below 0.01 after the extractor on "
             f"{share:.0%} of train docs (the extractor frame does not match how the model answers, so the criterion "
             f"cannot see an instruction help); {fix}"

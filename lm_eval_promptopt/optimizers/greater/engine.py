@@ -13,7 +13,6 @@ float32 (Gemma-2's final soft-capping applied).
 
 from __future__ import annotations
 
-import logging
 import resource
 import time
 from collections.abc import Iterator
@@ -26,12 +25,13 @@ from lm_eval.models.utils_hf import stop_sequences_criteria
 from transformers import StaticCache
 
 from ...errors import PromptOptError
+from ...logs import get_logger
 from .batching import memory_budget, padded, rows_that_fit
 from .config import GreaterConfig
 from .decode import cache_keyword, greedy, unsupported
 from .flops import Shape
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Counters(dict):

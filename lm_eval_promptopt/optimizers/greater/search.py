@@ -25,11 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ...errors import PromptOptError
+from ...logs import get_logger
 from ..base import Problem
 from .config import CANDIDATES_SCORED, FIXED_PREFIX, RESTART_BELOW, TOP_KEPT, GreaterConfig
 from .engine import Engine, hf_model
 from .examples import allowed_token_mask, build_examples, pieces_in_context, placeholder_token
 from .scoring import Scored, Scorer
+
+logger = get_logger(__name__)
 
 
 def ends_sentence(token_text: str) -> bool:
@@ -94,7 +97,7 @@ class Search:
         self.initial_as_seen = None if start == instruction else start
         """The initial instruction as the tokenizer gives it back, where it does not round-trip."""
         if self.initial_as_seen is not None:
-            tqdm.write(f"lm_eval_promptopt: {problem.task_name}: the tokenizer does not round-trip the initial instruction; the search starts from, and the harness sees, {start!r}")
+            logger.info(f"lm_eval_promptopt: {problem.task_name}: the tokenizer does not round-trip the initial instruction; the search starts from, and the harness sees, {start!r}")
         docs = problem.docs("train")
         if not docs:
             raise PromptOptError(f"{problem.task_name}: greater needs at least one optimize-train doc (train_size >= 1)")
@@ -105,7 +108,7 @@ class Search:
         self.in_context = True
         if not self.reencodes(self.initial):
             self.in_context = False
-            tqdm.write(
+            logger.info(
                 f"lm_eval_promptopt: {problem.task_name}: the initial instruction tokenises differently inside the rendered prompt "
                 "(it merges with the text around it); candidates are checked for re-encoding on their own instead"
             )
@@ -255,7 +258,7 @@ class Search:
         """Score `prompts`, memoized and journaled for a resume."""
         for ids, scored in zip(prompts, self.scorer.score(prompts)):
             self.memo[tuple(ids)] = scored
-            self.problem.log.log({"ids": ids, **asdict(scored)})
+            self.problem.log.write_journal({"ids": ids, **asdict(scored)})
 
     def _measures(self, started: float, counters: dict[str, float], seconds: dict[str, float]) -> dict[str, Any]:
         """What the step cost: wall seconds, counters and phase seconds since the step began, the

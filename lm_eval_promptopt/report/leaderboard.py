@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PromptOptError
+from ..run.instruction_cache import digest
 from .board import UNCHECKED_MARK, Cell, Leaderboard, Row, Run, cell_text, column_title, fmt, short_model, source_text
 from .leaderboard_html import to_html
-from .store import digest
+from .markdown import markdown_table
 
 UNCHECKED = ("its given instruction's source records no split plan, so its held-out docs may include docs the instruction "
              "was optimized on (pass the source run's results JSON or prompt_optimization.json as --optimized_prompts)")
@@ -239,18 +240,12 @@ def leaderboard(paths: list[Path]) -> Leaderboard:
 def to_markdown(board: Leaderboard) -> str:
     """The scores table, then where each row came from (source, files), then the flags."""
 
-    def line(values: list[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
-
-    out = [line(["model", "optimizer", "settings", *(column_title(board, c) for c in board.columns)]),
-           line(["---"] * 3 + ["---:"] * len(board.columns))]  # fmt: skip
-    for row in board.rows:
-        out.append(line([short_model(row.model), row.optimizer, row.settings or "defaults", *(cell_text(row.cells.get(c)) for c in board.columns)]))
+    scores = [[short_model(row.model), row.optimizer, row.settings or "defaults", *(cell_text(row.cells.get(c)) for c in board.columns)] for row in board.rows]
+    out = [markdown_table(["model", "optimizer", "settings", *(column_title(board, c) for c in board.columns)], scores, numeric_from=3)]
     out += ["", "Cells: held-out score ± stderr (base: the initial instruction's held-out score, then the difference)."
             + (f" {UNCHECKED_MARK}: unchecked source (see the flags)." if any(c.unchecked_source for r in board.rows for c in r.cells.values()) else ""), ""]
-    out += [line(["model", "optimizer", "settings", "source", "results"]), line(["---"] * 5)]
-    for row in board.rows:
-        out.append(line([short_model(row.model), row.optimizer, row.settings or "defaults", source_text(row.sources), "<br>".join(row.files)]))
+    origins = [[short_model(row.model), row.optimizer, row.settings or "defaults", source_text(row.sources), "<br>".join(row.files)] for row in board.rows]
+    out.append(markdown_table(["model", "optimizer", "settings", "source", "results"], origins, numeric_from=5))
     if board.flags:
         out += ["", "Flags:", *(f"- {flag}" for flag in board.flags)]
     return "\n".join(out) + "\n"

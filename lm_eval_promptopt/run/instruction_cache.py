@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from typing import Any
 from .. import __version__
 from ..errors import PromptOptError
 from ..harness.setup import unwrap
+from ..logs import get_logger
 from .files import unwritable, write_json
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 ENV_CACHE = "LM_EVAL_PROMPTOPT_CACHE"
 
 

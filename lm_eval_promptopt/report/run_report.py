@@ -10,8 +10,9 @@ from typing import Any
 
 from .. import __version__
 from ..errors import PromptOptError
+from ..run.files import read_jsonl, write_json
 from .board import fmt
-from .files import read_jsonl, write_json
+from .markdown import markdown_table
 
 SCHEMA_VERSION = 1
 
@@ -94,16 +95,15 @@ def summary(run_dir: Path, outcomes: list[TaskOutcome], comparison: list[dict[st
 
 def projected_cost_table(optimizer: Any, plans: dict[str, Any]) -> str:
     """What the searches will cost at most, per task and in total, printed before they start."""
-    lines = [f"lm_eval_promptopt: projected cost of the {optimizer.name} searches (upper bounds)",
-             "| task | train | dev | harness evaluations | model calls | optimizer calls |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    total = {"harness_evaluations": 0, "model_calls": 0, "optimizer_calls": 0}
+    rows, total = [], {"harness_evaluations": 0, "model_calls": 0, "optimizer_calls": 0}
     for name, plan in plans.items():
         n_train, n_dev = len(plan.train.indices), len(plan.dev.indices)
         cost = optimizer.projected_cost(n_train, n_dev)
         total = {k: total[k] + cost[k] for k in total}
-        lines.append(f"| {name} | {n_train} | {n_dev} | {cost['harness_evaluations']} | {cost['model_calls']} | {cost['optimizer_calls']} |")
-    lines.append(f"| total | | | {total['harness_evaluations']} | {total['model_calls']} | {total['optimizer_calls']} |")
-    return "\n".join(lines)
+        rows.append([name, str(n_train), str(n_dev), *(str(cost[k]) for k in total)])
+    rows.append(["total", "", "", *(str(v) for v in total.values())])
+    headers = ["task", "train", "dev", "harness evaluations", "model calls", "optimizer calls"]
+    return f"lm_eval_promptopt: projected cost of the {optimizer.name} searches (upper bounds)\n" + markdown_table(headers, rows, numeric_from=1)
 
 
 
@@ -130,16 +130,8 @@ def comparison_rows(
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table: | task | metric | baseline | optimized | delta |."""
-    lines = [
-        "| task | metric | baseline | optimized | delta |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['name']} | {row['metric']} | {fmt(row['baseline'])} | "
-            f"{fmt(row['optimized'])} | {fmt(row['delta'], signed=True)} |"
-        )
-    return "\n".join(lines)
+    cells = [[row["name"], row["metric"], fmt(row["baseline"]), fmt(row["optimized"]), fmt(row["delta"], signed=True)] for row in rows]
+    return markdown_table(["task", "metric", "baseline", "optimized", "delta"], cells, numeric_from=2)
 
 
 def dev_curve(trajectory_file: str | Path) -> list[float]:
