@@ -27,10 +27,16 @@ from lm_eval_promptopt.harness.setup import apply_task_overrides
 from lm_eval_promptopt.harness.splits import plan_splits
 from lm_eval_promptopt.optimizers.base import OptimizationResult, Problem
 from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig, Search
+from lm_eval_promptopt.optimizers.greater import search as greater_search
+from lm_eval_promptopt.optimizers.greater.config import TOP_KEPT
 from lm_eval_promptopt.options import RunOptions
 
 START = "Use please answer the question."
 STEPS = 11
+KEPT = 2
+"""The top list's length in the task_phrase run (the paper's 10, `TOP_KEPT`, is checked as a
+value): the planted model is trained on each machine, and its float arithmetic decides how many
+distinct prompts a run chooses; a short list is dropped from on any machine."""
 """Steps of each run: 11 chosen prompts, one more than the top-10 list keeps."""
 #: The task's own stop string cuts the reasoning after " We"; the extractor " take" and the answer
 #: " the largest item. The answer is 8." continue it as the model was trained to (a multi-token
@@ -98,9 +104,12 @@ def load(include: Path, name: str) -> Any:
 
 @pytest.fixture(scope="module")
 def task_phrase(planted_lm: HFLM) -> Run:
-    """planted_largest with the task's answer phrase ("The answer is") after the full reasoning."""
+    """planted_largest with the task's answer phrase ("The answer is") after the full reasoning,
+    keeping the `KEPT` best prompts."""
     task = load(planted.TASK_DIR, "planted_largest")
-    return search_and_reference(planted_lm, task, "planted_largest", ["\n", "<|end|>"], extractor="task")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(greater_search, "TOP_KEPT", KEPT)
+        return search_and_reference(planted_lm, task, "planted_largest", ["\n", "<|end|>"], extractor="task")
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +170,11 @@ def test_the_selection_criterion_is_error_plus_002_prompt_nll(task_phrase: Run, 
 
 
 def test_the_final_choice_is_among_the_ten_lowest_criteria_seen(planted_lm: HFLM, task_phrase: Run):
+    assert TOP_KEPT == 10  # the paper's list; the run keeps KEPT, so that it must drop some on any machine
     run = task_phrase
     seen = {run.text(step.chosen): run.ref.score(step.chosen).criterion for step in run.chain}
-    assert len(seen) > 10  # the top-10 list had to drop some
-    lowest = sorted(seen, key=seen.get)[:10]
+    assert len(seen) > KEPT  # the top list had to drop some
+    lowest = sorted(seen, key=seen.get)[:KEPT]
     assert {t["instruction"] for t in run.result.details["top_prompts"]} == set(lowest)
     problem = problem_for(planted_lm, load(planted.TASK_DIR, "planted_largest"), "planted_largest")
     dev = {text: problem.score(text, "dev") for text in lowest}  # the harness, afresh
@@ -243,12 +253,11 @@ def test_the_reasoning_is_regenerated_after_the_prompt_grows(grown: Run):
     run = grown
     before, after = run.chain
     assert after.prompt == before.chosen + [run.search.placeholder] and after.pos == 1
-    # the placeholder changes the reasoning, and the gradient order with it
-    stale = run.ref.reasoning(before.chosen)
-    assert stale != after.reasoning
-    order = torch.argsort(run.ref.gradient(after.prompt, after.pos, after.candidates, stale)).tolist()
-    fresh = torch.argsort(run.ref.gradient(after.prompt, after.pos, after.candidates, after.reasoning)).tolist()
-    assert order[:3] != fresh[:3]
+    # The grown prompt's reasoning is generated afresh (a row per train doc) besides each scored
+    # candidate's own. Whether the placeholder changes the reasoning depends on the planted model's
+    # weights, which each machine's float arithmetic trains a little differently, so the rule is
+    # checked by the work done: reusing the reasoning from before the placeholder saves those rows.
+    assert run.steps[1]["counters"]["generations"] == len(after.reasoning) * (1 + len(run.steps[1]["ranked"]))
     scored_in_gradient_order(run)
 
 
