@@ -283,10 +283,15 @@ def write_page(out: Path, page: Path, tasks: list[str], optimizers: list[str], m
     if spans:
         first, last = min(a for a, _ in spans), max(b for _, b in spans)
         clock = lambda t: time.strftime("%H:%M", time.gmtime(t))  # noqa: E731
+        started = json.loads((out / "study.json").read_text())["runs"] if (out / "study.json").is_file() else []
+        processes = max(1, len(started))
         runs += (
-            f"\n\nThe {len(spans)} processes ran side by side from {clock(first)} to {clock(last)} UTC: "
-            f"{(last - first) / 60:.0f} minutes of wall time for the whole study (one after the other they would take the sum above)."
+            f"\n\nThe {len(spans)} units ran from {clock(first)} to {clock(last)} UTC in {processes} `real_study.py` process(es) "
+            f"side by side: {(last - first) / 60:.0f} minutes of wall time for the whole study (one after the other, the units "
+            "take the sum above)."
         )
+        if started:
+            runs += " The commands, each with its wall time:\n\n" + "\n".join(f"- `{r['command']}` ({r.get('wall_s', 0) / 60:.0f} min)" for r in started)
     command = f"python scripts/real_study.py --screen --heldout {settings['heldout']}"
     status = "All units finished." if not missing else f"**Not finished** ({len(missing)} units; their rows are absent): " + "; ".join(missing) + "."
     args = "\n".join(f"- `{o}`: `{a}`" for o, a in settings["optimize_args"].items())
