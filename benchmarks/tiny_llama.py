@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+
 # ChatML-like: every message is "<|role|>\n{content}<|end|>\n".
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F401,F403  (the rest of the PEP 517 interface)
 
+
 PTH = Path(__file__).with_name("lm_eval_promptopt_hook.pth")
 
 

@@ -6,6 +6,7 @@ is cheap on purpose: the startup hook imports it in every interpreter, so the AP
 
 from typing import Any
 
+
 __version__ = "0.1.0"
 __all__ = ["simple_evaluate", "__version__"]
 

@@ -79,20 +79,30 @@ def prepare(
     if options.exclude_source_docs and given is None:
         raise PromptOptError("exclude_source_docs=true applies to --optimized_prompts only")
     if samples:
-        raise PromptOptError("--samples cannot be combined with --optimize: the plugin selects the held-out docs (use --limit to cap them)")
+        raise PromptOptError(
+            "--samples cannot be combined with --optimize: the plugin selects the held-out docs (use --limit to cap them)"
+        )
     if cache_requests:
-        raise PromptOptError("--cache_requests cannot be combined with --optimize: lm-eval's request cache ignores which docs are selected (lm-eval PR #4105)")
+        raise PromptOptError(
+            "--cache_requests cannot be combined with --optimize: lm-eval's request cache ignores which docs are selected (lm-eval PR #4105)"
+        )
     if limit is not None and limit <= 0:
-        raise PromptOptError(f"--limit {limit:g}: give a number of held-out docs per task above 0 (or leave it out for all of them)")
+        raise PromptOptError(
+            f"--limit {limit:g}: give a number of held-out docs per task above 0 (or leave it out for all of them)"
+        )
     if system_instruction and options.instruction is not None:
-        raise PromptOptError("the initial instruction is given twice: pass either --system_instruction or --optimize_args instruction=..., not both")
+        raise PromptOptError(
+            "the initial instruction is given twice: pass either --system_instruction or --optimize_args instruction=..., not both"
+        )
     checks = optimizer_cls(config)  # before lm-eval's set-up, the model load and any paid call
     checks.check_model(model)
     check_model_paths(model_args)
     checks.preflight()
     check_output_folder(output_path)
     source = read_source(Path(optimized_prompts)) if given is not None else None
-    return OptimizeRun(optimizer_cls, config, options, cache=None if given else cache, given_prompts=given, given_source=source)
+    return OptimizeRun(
+        optimizer_cls, config, options, cache=None if given else cache, given_prompts=given, given_source=source
+    )
 
 
 def run_prepared(run: OptimizeRun, settings: EvalSettings) -> dict[str, Any] | None:
@@ -149,8 +159,12 @@ def simple_evaluate(
     if lm_eval_kwargs.get("task_manager") is None:
         from lm_eval.tasks import TaskManager
 
-        lm_eval_kwargs["task_manager"] = TaskManager(include_path=include_paths(include_path), metadata=lm_eval_kwargs.get("metadata"))
-    settings = EvalSettings.from_lm_eval({**lm_eval_kwargs, "model": model, "model_args": model_args, "tasks": tasks}, output_path)
+        lm_eval_kwargs["task_manager"] = TaskManager(
+            include_path=include_paths(include_path), metadata=lm_eval_kwargs.get("metadata")
+        )
+    settings = EvalSettings.from_lm_eval(
+        {**lm_eval_kwargs, "model": model, "model_args": model_args, "tasks": tasks}, output_path
+    )
     return run_prepared(run, settings)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from .harness.lm_eval_compat import CLI_MODULE
 
+
 SUPPORTED = ">=0.4.10,<0.5"
 _state: dict[str, Any] = {"patched": False, "problem": "lm-eval's CLI was not loaded"}
 
@@ -43,7 +44,9 @@ def patch_run(module: ModuleType) -> None:
         from . import lm_eval_flags
         from .harness.lm_eval_compat import extend_run_command
 
-        problem = extend_run_command(module, lambda _run, parser: lm_eval_flags.add_argument_group(parser), lm_eval_flags.execute)
+        problem = extend_run_command(
+            module, lambda _run, parser: lm_eval_flags.add_argument_group(parser), lm_eval_flags.execute
+        )
     if problem is not None:
         _state["problem"] = problem
         return

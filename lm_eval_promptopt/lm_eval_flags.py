@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import PromptOptError, StageError
 
+
 PLUGIN_KEYS = ("optimize", "optimize_args", "optimize_cache", "optimized_prompts")
 
 
@@ -67,7 +68,7 @@ def add_argument_group(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="<file>",
         help="Evaluate these instructions on the held-out docs, with no search: JSON {task: instruction}, "
-        "JSONL lines {\"task\", \"instruction\"}, or an earlier run's results / optimized_prompts.json.",
+        'JSONL lines {"task", "instruction"}, or an earlier run\'s results / optimized_prompts.json.',
     )
 
 
@@ -118,7 +119,9 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
                 stock_execute(args)
             except ValueError as err:
                 if is_tasks_not_found(err):
-                    raise StageError("task load", f"{err} (list tasks with `lm_eval ls tasks`; add task folders with --include_path)") from None
+                    raise StageError(
+                        "task load", f"{err} (list tasks with `lm_eval ls tasks`; add task folders with --include_path)"
+                    ) from None
                 raise
     except PromptOptError as err:
         _error(str(err), err.exit_code)
@@ -126,9 +129,11 @@ def execute(args: argparse.Namespace, stock_execute: Callable[[argparse.Namespac
         if run is None or run.is_main:
             from .run.folder import command_line
 
-            print(f"\nlm_eval: interrupted; {run.interrupted() if run else 'nothing was saved yet'}. Resume with the same command: {command_line()}", file=sys.stderr)
+            print(
+                f"\nlm_eval: interrupted; {run.interrupted() if run else 'nothing was saved yet'}. Resume with the same command: {command_line()}",
+                file=sys.stderr,
+            )
         sys.exit(130)
     if run.is_main:
         print(run.summary())
     ProcessGroup.close()
-

@@ -15,13 +15,16 @@ import sys
 
 from tqdm.auto import tqdm
 
+
 ROOT = "lm_eval_promptopt"
 
 
 class _AboveBars(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout  # looked up now: a test may swap them
+            stream = (
+                sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            )  # looked up now: a test may swap them
             tqdm.write(self.format(record), file=stream)
         except Exception:  # noqa: BLE001 (logging's own contract: report, never raise)
             self.handleError(record)

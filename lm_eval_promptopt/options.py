@@ -62,9 +62,13 @@ class RunOptions:
         if self.split not in SPLIT_PRESETS:
             raise ValueError(f"split must be one of {', '.join(SPLIT_PRESETS)}; got {self.split!r}")
         if self.split != "seeded" and (self.train_size is not None or self.dev_size is not None):
-            raise ValueError(f"split={self.split} sets the sizes itself: leave out train_size and dev_size (or use split=seeded)")
+            raise ValueError(
+                f"split={self.split} sets the sizes itself: leave out train_size and dev_size (or use split=seeded)"
+            )
         if self.metric is not None and "," not in self.metric:
-            raise ValueError(f"metric must read `metric,filter` (e.g. exact_match,flexible-extract), got {self.metric!r}")
+            raise ValueError(
+                f"metric must read `metric,filter` (e.g. exact_match,flexible-extract), got {self.metric!r}"
+            )
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -25,19 +25,36 @@ from .harness.context import check_fits
 from .harness.objective import Objective, TaskSplits, group_metric, primary_metric
 from .harness.prompting import Placement, bind_instruction, detect_placement
 from .harness.settings import EvalSettings
-from .harness.setup import apply_task_overrides, build_lm, limited, limited_plan, quiet_harness, root_items, seed_everything
+from .harness.setup import (
+    apply_task_overrides,
+    build_lm,
+    limited,
+    limited_plan,
+    quiet_harness,
+    root_items,
+    seed_everything,
+)
 from .harness.splits import SplitPlan, plan_splits
 from .logs import follow_verbosity, get_logger
 from .optimizers.base import Optimizer, Problem
 from .options import RunOptions
+from .report.run_report import (
+    TaskOutcome,
+    comparison_rows,
+    fill_tracker,
+    projected_cost_table,
+    results_section,
+    summary,
+    write_outputs,
+)
 from .run.folder import RunFolder, log_error
+from .run.instruction_cache import InstructionCache, digest, model_identity
 from .run.log import Checkpoint, RunLog, Trajectory
 from .run.processes import ProcessGroup
-from .report.run_report import TaskOutcome, comparison_rows, fill_tracker, projected_cost_table, results_section, summary, write_outputs
-from .run.stop import budget
 from .run.search_key import cacheable, search_key
-from .run.instruction_cache import InstructionCache, digest, model_identity
+from .run.stop import budget
 from .run.transfer import Source, check_transfer
+
 
 logger = get_logger(__name__)
 RUN_KEY_ARGS = ("model", "model_args", "tasks", "num_fewshot", "gen_kwargs", "limit", "apply_chat_template",
@@ -113,7 +130,9 @@ class OptimizeRun:
         self.seeds = {"split_and_search": self.options.seed, **settings.seeds()}
         group = ProcessGroup.current()
         if group.rank == 0:
-            self.folder = RunFolder.open(settings.output_path, settings.model, settings.model_args, self._run_key(settings), self.options.refresh)
+            self.folder = RunFolder.open(
+                settings.output_path, settings.model, settings.model_args, self._run_key(settings), self.options.refresh
+            )
             self.run_dir = self.folder.path
         self.run_dir = group.broadcast(self.run_dir)
         self.is_main, self.process = group.rank == 0, group.rank
@@ -124,22 +143,32 @@ class OptimizeRun:
         them, and plan every leaf task's splits (checked against the given prompts' source)."""
         with self._phase("task load"):
             loaded = settings.task_manager.load(settings.tasks)
-            apply_task_overrides(loaded["tasks"], settings.gen_kwargs, settings.num_fewshot, settings.fewshot_random_seed)
+            apply_task_overrides(
+                loaded["tasks"], settings.gen_kwargs, settings.num_fewshot, settings.fewshot_random_seed
+            )
         if self.given_prompts is not None:
             missing = sorted(set(loaded["tasks"]) - set(self.given_prompts))
             if missing:
-                raise PromptOptError(f"--optimized_prompts has no instruction for: {', '.join(missing)}; add them or drop those tasks")
+                raise PromptOptError(
+                    f"--optimized_prompts has no instruction for: {', '.join(missing)}; add them or drop those tasks"
+                )
             extra = sorted(set(self.given_prompts) - set(loaded["tasks"]))
             if extra and self.is_main:
-                logger.info(f"lm_eval_promptopt: --optimized_prompts: ignoring the instructions for tasks not in this run: {', '.join(extra)}")
+                logger.info(
+                    f"lm_eval_promptopt: --optimized_prompts: ignoring the instructions for tasks not in this run: {', '.join(extra)}"
+                )
         splits = {name: TaskSplits(task) for name, task in loaded["tasks"].items()}
         fewshot_seed = settings.fewshot_random_seed
         plans = {
-            name: plan_splits(name, task.config, self.options, s.size, lambda split, s=s: s.fewshot_exemplars(split, fewshot_seed))
+            name: plan_splits(
+                name, task.config, self.options, s.size, lambda split, s=s: s.fewshot_exemplars(split, fewshot_seed)
+            )
             for (name, task), s in zip(loaded["tasks"].items(), splits.values())
         }
         if self.given_prompts is not None and self.given_source is not None:
-            self.transfer = check_transfer(self.given_source, self.given_prompts, plans, self.options.exclude_source_docs)
+            self.transfer = check_transfer(
+                self.given_source, self.given_prompts, plans, self.options.exclude_source_docs
+            )
         return Workbench(settings, loaded, splits, plans)
 
     def _check_context(self, bench: Workbench) -> None:
@@ -151,7 +180,16 @@ class OptimizeRun:
             heldout = bench.plans[name].heldout
             doc = bench.splits[name].docs(heldout.split)[heldout.indices[0]]
             instructions = [self.given_prompts[name]] if self.given_prompts is not None else [initial, *listed]
-            check_fits(name, task, doc, instructions, bench.lm, bench.placement, bench.settings.evaluate_kwargs(), bench.settings.fewshot_random_seed)
+            check_fits(
+                name,
+                task,
+                doc,
+                instructions,
+                bench.lm,
+                bench.placement,
+                bench.settings.evaluate_kwargs(),
+                bench.settings.fewshot_random_seed,
+            )
 
     def _search_all(self, group: ProcessGroup, bench: Workbench) -> None:
         """Each process searches its shard of the tasks; every process then has every outcome.
@@ -161,7 +199,12 @@ class OptimizeRun:
             print(projected_cost_table(optimizer, bench.plans))
         initial = self.initial_instruction(bench.settings)
         failures: dict[str, str] = {}
-        bar = tqdm(group.shard(list(bench.loaded["tasks"])), desc=f"optimize ({self.optimizer_cls.name})" + group.label, unit="task", position=group.rank)
+        bar = tqdm(
+            group.shard(list(bench.loaded["tasks"])),
+            desc=f"optimize ({self.optimizer_cls.name})" + group.label,
+            unit="task",
+            position=group.rank,
+        )
         # lines printed or logged during the search go above the progress bars, not onto them
         with group.local(bench.lm), logging_redirect_tqdm(loggers=[logging.getLogger("lm_eval")]):
             for name in bar:
@@ -211,18 +254,31 @@ class OptimizeRun:
         if self.options.compare_baseline:
             for outcome in self.outcomes:
                 bind_instruction(loaded["tasks"][outcome.task], outcome.initial_instruction, placement)
-            apply_task_overrides(loaded["tasks"], settings.gen_kwargs, settings.num_fewshot, settings.fewshot_random_seed)
+            apply_task_overrides(
+                loaded["tasks"], settings.gen_kwargs, settings.num_fewshot, settings.fewshot_random_seed
+            )
             with quiet_harness():
-                baseline = evaluate(lm=lm, task_dict=loaded, samples=samples, bootstrap_iters=0, log_samples=False, **bench.settings.evaluate_kwargs())
+                baseline = evaluate(
+                    lm=lm,
+                    task_dict=loaded,
+                    samples=samples,
+                    bootstrap_iters=0,
+                    log_samples=False,
+                    **bench.settings.evaluate_kwargs(),
+                )
         for outcome in self.outcomes:
             bind_instruction(loaded["tasks"][outcome.task], outcome.final_instruction, placement)
-        final_kw = settings.lm_eval_kwargs(model=lm, tasks=root_items(loaded), samples=samples, limit=None, system_instruction=None, use_cache=None)
+        final_kw = settings.lm_eval_kwargs(
+            model=lm, tasks=root_items(loaded), samples=samples, limit=None, system_instruction=None, use_cache=None
+        )
         with self._phase("evaluation"):
             results = simple_evaluate(**final_kw)
         if results is None:  # not the main process
             return None
         instructions = {o.task: o.final_instruction for o in self.outcomes}
-        fill_tracker(settings.evaluation_tracker, instructions, settings.model, settings.model_args, self.run_dir.parent.name)
+        fill_tracker(
+            settings.evaluation_tracker, instructions, settings.model, settings.model_args, self.run_dir.parent.name
+        )
         if isinstance(settings.model, str):  # name the model as a stock run does, not the LM class
             results["config"]["model"] = settings.model
         results["config"]["limit"] = settings.limit  # lm-eval evaluated our `samples`, so it recorded none
@@ -239,7 +295,14 @@ class OptimizeRun:
         task, plan = bench.loaded["tasks"][name], bench.plans[name]
         metric = self.options.metric or primary_metric(name, task, bench.loaded["groups"])
         trajectory_path = self.run_dir / "trajectories" / f"{name}.jsonl"
-        common = dict(task=name, metric=metric, placement=bench.placement.name, plan=plan.as_dict(), initial_instruction=initial, process=self.process)
+        common = dict(
+            task=name,
+            metric=metric,
+            placement=bench.placement.name,
+            plan=plan.as_dict(),
+            initial_instruction=initial,
+            process=self.process,
+        )
         if self.given_prompts is not None:
             Trajectory(trajectory_path).append({"kind": "given", "instruction": self.given_prompts[name]})
             details = {"transfer_check": self.transfer[name]} if name in self.transfer else {}
@@ -254,16 +317,33 @@ class OptimizeRun:
         cached = None if self.cache is None or self.options.refresh else self.cache.lookup(key)
         if cached is not None:
             entry = str(self.cache.path(key))
-            Trajectory(trajectory_path).append({"kind": "cache_hit", "cache_entry": entry, "instruction": cached["final_instruction"]})
+            Trajectory(trajectory_path).append(
+                {"kind": "cache_hit", "cache_entry": entry, "instruction": cached["final_instruction"]}
+            )
             logger.info(f"lm_eval_promptopt: {name}: reusing the cached search {entry} (refresh=true searches again)")
-            kept = {k: cached[k] for k in ("final_instruction", "initial_dev_score", "final_dev_score", "stop_reason", "evaluations", "wall_time_s", "details")}
-            return TaskOutcome(**common, **kept, trajectory_file=str(trajectory_path), source="cache", cache_entry=entry)
+            kept = {
+                k: cached[k]
+                for k in (
+                    "final_instruction",
+                    "initial_dev_score",
+                    "final_dev_score",
+                    "stop_reason",
+                    "evaluations",
+                    "wall_time_s",
+                    "details",
+                )
+            }
+            return TaskOutcome(
+                **common, **kept, trajectory_file=str(trajectory_path), source="cache", cache_entry=entry
+            )
         searched = self._search(name, bench, optimizer, initial, metric, checkpoint, trajectory_path, common)
         if self.cache is not None and cacheable(searched.stop_reason):
             entry = self.cache.save(key, asdict(searched))  # a failed write warns; the run's outputs hold the search
             searched.cache_entry = str(entry) if entry else None
         elif self.cache is not None:
-            logger.info(f"lm_eval_promptopt: {name}: the time limit stopped this search, so it is not cached (how far it gets depends on the machine's speed and load)")
+            logger.info(
+                f"lm_eval_promptopt: {name}: the time limit stopped this search, so it is not cached (how far it gets depends on the machine's speed and load)"
+            )
         checkpoint.save({"outcome": asdict(searched)})
         return searched
 
@@ -304,7 +384,14 @@ class OptimizeRun:
                 f"lm_eval_promptopt: {name}: the search's choice scores {final_score:.4f} on optimize-dev, below the initial "
                 f"instruction's {initial_score:.4f}: keeping the initial instruction (keep_initial=false keeps the search's choice)"
             )
-            log.record({"kind": "initial_kept", "search_choice": final, "search_choice_dev_score": final_score, "initial_dev_score": initial_score})
+            log.record(
+                {
+                    "kind": "initial_kept",
+                    "search_choice": final,
+                    "search_choice_dev_score": final_score,
+                    "initial_dev_score": initial_score,
+                }
+            )
         return TaskOutcome(
             **common,
             final_instruction=initial if kept else final,
@@ -334,7 +421,9 @@ class OptimizeRun:
             split_plan_sha256=digest(bench.plans[name].as_dict()),
             seeds=self.seeds,
             placement=bench.placement.name,
-            evaluation={k: bench.settings.evaluate_kwargs()[k] for k in ("apply_chat_template", "fewshot_as_multiturn")},
+            evaluation={
+                k: bench.settings.evaluate_kwargs()[k] for k in ("apply_chat_template", "fewshot_as_multiturn")
+            },
         )
 
     def _run_key(self, settings: EvalSettings) -> str:
@@ -365,7 +454,9 @@ class OptimizeRun:
 
     def section(self) -> dict[str, Any]:
         """The `prompt_optimization` section of the results JSON."""
-        return results_section(self.optimizer_cls.name, self.config, self.options, self.seeds, self.run_dir, self.outcomes, self.comparison)
+        return results_section(
+            self.optimizer_cls.name, self.config, self.options, self.seeds, self.run_dir, self.outcomes, self.comparison
+        )
 
     def _write_outputs(self, plot: bool = True) -> None:
         write_outputs(self.run_dir, self.section(), plot)

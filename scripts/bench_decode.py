@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
@@ -34,7 +35,9 @@ def timed(work):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", help="a Hugging Face model folder (default: the bench's tiny Llama-3-shaped one)")
+    parser.add_argument(
+        "model", nargs="?", help="a Hugging Face model folder (default: the bench's tiny Llama-3-shaped one)"
+    )
     parser.add_argument("--rows", type=int, default=150, help="contexts (GReaTer's bench step: 150)")
     parser.add_argument("--context", type=int, default=266, help="mean context tokens")
     parser.add_argument("--new", type=int, default=64, help="tokens to generate per context")
@@ -45,9 +48,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     args = parser.parse_args()
     import torch
+    from bench_greater import matmul_rate
     from lm_eval.models.huggingface import HFLM
 
-    from bench_greater import matmul_rate
     from lm_eval_promptopt.optimizers.greater.config import GreaterConfig
     from lm_eval_promptopt.optimizers.greater.engine import Engine
     from tests.support.testbed import build_tiny_model
@@ -55,7 +58,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = Path(args.model).resolve() if args.model else Path(args.out).resolve() / "tiny_llama3"
     if not (model / "config.json").is_file():
-        build_tiny_model(model, seed=0, data_dir=args.data, tokenizer="llama3", hidden_size=256, intermediate_size=512, layers=4, heads=4)
+        build_tiny_model(
+            model,
+            seed=0,
+            data_dir=args.data,
+            tokenizer="llama3",
+            hidden_size=256,
+            intermediate_size=512,
+            layers=4,
+            heads=4,
+        )
     lm = HFLM(pretrained=str(model), device="cpu", batch_size=1, dtype="float32")
     rng = random.Random(args.seed)
     special = set(lm.tokenizer.all_special_ids)
@@ -63,7 +75,9 @@ def main() -> None:
     contexts = [[rng.choice(words) for _ in range(int(args.context * rng.uniform(0.9, 1.1)))] for _ in range(args.rows)]
     print(f"generation of {args.rows} contexts of ~{args.context} tokens, {args.new} new tokens each, model {model.name} "
           f"({sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f} M parameters), {args.threads} thread(s)")  # fmt: skip
-    print("| round | path | GFLOP | CPU s (wall s) | achieved GFLOP/s | matmul GFLOP/s at its shapes (rows) | share | same tokens |")
+    print(
+        "| round | path | GFLOP | CPU s (wall s) | achieved GFLOP/s | matmul GFLOP/s at its shapes (rows) | share | same tokens |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     rates: dict[int, float] = {}
     for round_ in range(1, args.rounds + 1):

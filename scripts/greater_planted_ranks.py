@@ -19,11 +19,12 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_metric
+from lm_eval_promptopt.harness.prompting import Placement
+from lm_eval_promptopt.harness.splits import plan_splits
 from lm_eval_promptopt.optimizers.base import Problem
 from lm_eval_promptopt.optimizers.greater import GreaterConfig, Search
 from lm_eval_promptopt.options import RunOptions
-from lm_eval_promptopt.harness.prompting import Placement
-from lm_eval_promptopt.harness.splits import plan_splits
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is in the checkout, not the package
 from benchmarks import planted  # noqa: E402
@@ -52,7 +53,9 @@ def true_loss(g: Search, prompt: list[int], reasoning: list[list[int]]) -> tuple
     """Summed answer loss (CE of logits/0.2) and error rate, teacher-forced over `reasoning`."""
     seqs, answers, spans, owner = g.scorer.rows(prompt, reasoning)
     ids, mask = g.engine.batch(seqs)
-    losses, errors, _ = g.scorer.losses(g.engine.hidden(mask, ids=ids), seqs, answers, spans, owner, list(range(len(g.examples))))
+    losses, errors, _ = g.scorer.losses(
+        g.engine.hidden(mask, ids=ids), seqs, answers, spans, owner, list(range(len(g.examples)))
+    )
     return float(sum(losses)), sum(errors) / len(errors)
 
 
@@ -87,7 +90,9 @@ def main() -> None:
             ids = tok.encode(" " + word, add_special_tokens=False)
             if len(ids) == 1:
                 loss, error = true_loss(g, prompt[:pos] + ids + prompt[pos + 1 :], reasoning)
-                print(f"  substitute {word!r:>12}: true loss {loss:7.1f} ({loss - base[0]:+7.1f}), train error {error:.2f}")
+                print(
+                    f"  substitute {word!r:>12}: true loss {loss:7.1f} ({loss - base[0]:+7.1f}), train error {error:.2f}"
+                )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,19 @@ from pathlib import Path
 
 import torch
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-LLAMA3_8B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336, vocab_size=128256, rope_theta=500000.0)
+LLAMA3_8B = dict(
+    hidden_size=4096,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=14336,
+    vocab_size=128256,
+    rope_theta=500000.0,
+)
 DRY = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=512)
 TASK = "planted_largest"
 
@@ -65,7 +74,9 @@ def search_for(lm, train: int, tokens: int):
     task = TaskManager(include_path=str(REPO / "task_configs" / "planted")).load([TASK])["tasks"][TASK]
     apply_task_overrides({TASK: task}, gen_kwargs={"max_gen_toks": tokens})
     splits = TaskSplits(task)
-    plan = plan_splits(TASK, task.config, RunOptions(train_size=train, dev_size=8, seed=0), splits.size, lambda s: set())
+    plan = plan_splits(
+        TASK, task.config, RunOptions(train_size=train, dev_size=8, seed=0), splits.size, lambda s: set()
+    )
     objective = Objective(
         task_name=TASK, splits=splits, plan=plan, lm=lm, placement=Placement(chat_template=False), metric=primary_metric(TASK, task, {}),
         fewshot_seed=1234, eval_kwargs={"apply_chat_template": False, "fewshot_as_multiturn": False, "confirm_run_unsafe_code": False},
@@ -106,10 +117,16 @@ def main() -> None:
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device=args.device, batch_size=1)
     search = search_for(lm, train, tokens)
     engine = search.engine
-    print(f"greater_step: {params / 1e6:.1f} M parameters ({model.dtype}) on {args.device}, {train} train docs, up to {engine.max_new} reasoning tokens, decoder: {engine.fallback or 'greedy'}", flush=True)
+    print(
+        f"greater_step: {params / 1e6:.1f} M parameters ({model.dtype}) on {args.device}, {train} train docs, up to {engine.max_new} reasoning tokens, decoder: {engine.fallback or 'greedy'}",
+        flush=True,
+    )
     (top, steps, _), seconds = timed(args.device, lambda: search.run(random.Random(0)))
     step = [s for s in steps if "step" in s][0]
-    print(f"greater_step: one step {step['seconds']:.1f} s (search {seconds:.1f} s), phases " + ", ".join(f"{k} {v:.1f} s" for k, v in step["phase_seconds"].items()))
+    print(
+        f"greater_step: one step {step['seconds']:.1f} s (search {seconds:.1f} s), phases "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in step["phase_seconds"].items())
+    )
     print("greater_step: counters " + ", ".join(f"{k} {v:.3g}" for k, v in step["counters"].items()), flush=True)
     contexts = search.scorer.contexts(search.initial)
     fast, fast_s = timed(args.device, lambda: engine.generate(contexts))

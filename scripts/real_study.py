@@ -30,12 +30,17 @@ import sys
 import time
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/support is in the checkout, not the package
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The top three of the 27-task screen (`--screen`, on the page) by flexible-extract, ties by strict-match.
-BBH = ["bbh_cot_zeroshot_logical_deduction_seven_objects", "bbh_cot_zeroshot_sports_understanding", "bbh_cot_zeroshot_penguins_in_a_table"]
+BBH = [
+    "bbh_cot_zeroshot_logical_deduction_seven_objects",
+    "bbh_cot_zeroshot_sports_understanding",
+    "bbh_cot_zeroshot_penguins_in_a_table",
+]
 TASKS = [*BBH, "gsm8k_cot_zeroshot", "folio_mc", "mmlu_marketing"]
 OPTIMIZERS = ["none", "candidates", "gpo", "greater"]
 CANDIDATES = [
@@ -65,10 +70,18 @@ SCREEN_LIMIT = 8  # real_study_page.SCREEN_DOCS
 
 def env() -> dict[str, str]:
     folio = REPO.parent / "shared" / "data" / "folio"
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "FOLIO_DATA_DIR": str(folio)}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "FOLIO_DATA_DIR": str(folio),
+    }
 
 
-def command(model: Path, tasks_dir: Path, task: str, optimizer: str, out: Path, heldout: int, gpu: bool = False) -> list[str]:
+def command(
+    model: Path, tasks_dir: Path, task: str, optimizer: str, out: Path, heldout: int, gpu: bool = False
+) -> list[str]:
     """`task`: one task or a comma-separated list."""
     if gpu:
         return ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cuda", "--batch_size", "auto", "--apply_chat_template", "--tasks", task,
@@ -95,8 +108,16 @@ def run_units(model: Path, tasks_dir: Path, out: Path, tasks: list[str], heldout
     the units finished in this process."""
     from tqdm.auto import tqdm
 
-    todo = [o for o in optimizers if not done(out / "units" / o / part(tasks).lstrip("_") if part(tasks) else out / "units" / o)]
-    bar = tqdm(total=sum(WEIGHT[o] for o in todo), desc="real study", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} [{elapsed}<{remaining}]")
+    todo = [
+        o
+        for o in optimizers
+        if not done(out / "units" / o / part(tasks).lstrip("_") if part(tasks) else out / "units" / o)
+    ]
+    bar = tqdm(
+        total=sum(WEIGHT[o] for o in todo),
+        desc="real study",
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} [{elapsed}<{remaining}]",
+    )
     for optimizer in todo:
         log = out / f"units_{optimizer}{part(tasks)}.log"
         unit = out / "units" / optimizer / part(tasks).lstrip("_") if part(tasks) else out / "units" / optimizer
@@ -109,7 +130,10 @@ def run_units(model: Path, tasks_dir: Path, out: Path, tasks: list[str], heldout
             fh.flush()
             code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env(), check=False).returncode
         seconds = time.time() - started
-        (unit / "unit.json").write_text(json.dumps({"command": cmd, "exit_code": code, "wall_s": round(seconds, 1), "load": os.getloadavg()}), encoding="utf-8")
+        (unit / "unit.json").write_text(
+            json.dumps({"command": cmd, "exit_code": code, "wall_s": round(seconds, 1), "load": os.getloadavg()}),
+            encoding="utf-8",
+        )
         if code != 0:
             tqdm.write(f"real study: {optimizer} failed (exit {code}); see {log}")
         bar.update(WEIGHT[optimizer])
@@ -134,9 +158,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "real_study_output"), help="where the units go")
     parser.add_argument("--page", default=str(REPO / "docs" / "real_study.md"), help="the markdown page to write")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="comma-separated units to run (several studies with disjoint lists may run at once)")
+    parser.add_argument(
+        "--optimizers",
+        default=",".join(OPTIMIZERS),
+        help="comma-separated units to run (several studies with disjoint lists may run at once)",
+    )
     parser.add_argument("--heldout", type=int, default=HELDOUT, help="held-out docs per task (--limit)")
-    parser.add_argument("--screen", action="store_true", help="first run the 27-task BBH baseline screen (what the BBH tasks were chosen by)")
+    parser.add_argument(
+        "--screen",
+        action="store_true",
+        help="first run the 27-task BBH baseline screen (what the BBH tasks were chosen by)",
+    )
     parser.add_argument("--page-only", action="store_true", help="write the page from the finished units, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--print-gpu-command", action="store_true", help="print the paper-scale GPU commands")
@@ -146,7 +178,19 @@ def main() -> None:
     if args.print_gpu_command or args.dry_run:
         for o in OPTIMIZERS:
             model = Path("HuggingFaceTB/SmolLM2-135M-Instruct" if args.print_gpu_command else "MODEL")
-            print(shlex.join(command(model, Path("TASKS"), ",".join(tasks), o, out / "units" / o, args.heldout, gpu=args.print_gpu_command)))
+            print(
+                shlex.join(
+                    command(
+                        model,
+                        Path("TASKS"),
+                        ",".join(tasks),
+                        o,
+                        out / "units" / o,
+                        args.heldout,
+                        gpu=args.print_gpu_command,
+                    )
+                )
+            )
         return
     from lm_eval_promptopt.models.smollm2 import smollm2_model
     from tests.support.testbed import write_local_task_overrides
@@ -157,7 +201,11 @@ def main() -> None:
         write_local_task_overrides(tasks_dir, REPO.parent / "shared" / "data")
     if not args.page_only:
         out.mkdir(parents=True, exist_ok=True)
-        start = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load": list(os.getloadavg()), "command": regenerate}
+        start = {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "load": list(os.getloadavg()),
+            "command": regenerate,
+        }
         meta_path = out / "study.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"runs": []}
         meta["runs"].append(start)
@@ -165,15 +213,56 @@ def main() -> None:
         began = time.time()
         if args.screen:  # first: it is what the BBH tasks were chosen by
             run_screen(model, tasks_dir, out)
-        run_units(model, tasks_dir, out, tasks, args.heldout, [o.strip() for o in args.optimizers.split(",") if o.strip() in OPTIMIZERS])
+        run_units(
+            model,
+            tasks_dir,
+            out,
+            tasks,
+            args.heldout,
+            [o.strip() for o in args.optimizers.split(",") if o.strip() in OPTIMIZERS],
+        )
         meta = json.loads(meta_path.read_text())  # other studies (other --optimizers) may have written it since
-        meta["runs"] = [r | {"wall_s": round(time.time() - began, 1), "end_load": os.getloadavg(), "command": regenerate} if r == start else r for r in meta["runs"]]
+        meta["runs"] = [
+            r | {"wall_s": round(time.time() - began, 1), "end_load": os.getloadavg(), "command": regenerate}
+            if r == start
+            else r
+            for r in meta["runs"]
+        ]
         meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
     from real_study_page import write_page
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
-    gpu = [shlex.join(command(Path("HuggingFaceTB/SmolLM2-135M-Instruct"), Path(), ",".join(tasks), o, Path(f"runs/real_study_gpu/{o}"), 0, gpu=True)) for o in OPTIMIZERS]
-    write_page(out, Path(args.page), tasks, OPTIMIZERS, model, machine, gpu, settings={"gen_tokens": GEN_TOKENS, "heldout": args.heldout, "optimize_args": SETTINGS, "candidates": CANDIDATES})
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    )
+    gpu = [
+        shlex.join(
+            command(
+                Path("HuggingFaceTB/SmolLM2-135M-Instruct"),
+                Path(),
+                ",".join(tasks),
+                o,
+                Path(f"runs/real_study_gpu/{o}"),
+                0,
+                gpu=True,
+            )
+        )
+        for o in OPTIMIZERS
+    ]
+    write_page(
+        out,
+        Path(args.page),
+        tasks,
+        OPTIMIZERS,
+        model,
+        machine,
+        gpu,
+        settings={
+            "gen_tokens": GEN_TOKENS,
+            "heldout": args.heldout,
+            "optimize_args": SETTINGS,
+            "candidates": CANDIDATES,
+        },
+    )
 
 
 if __name__ == "__main__":

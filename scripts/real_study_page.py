@@ -12,9 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+
 BOOTSTRAP = 10_000
 SCREEN_DOCS = 8
-LABEL = {"none": "baseline (default prompt)", "candidates": "candidates", "gpo": "gpo (optimizer_model=self)", "greater": "greater"}
+LABEL = {
+    "none": "baseline (default prompt)",
+    "candidates": "candidates",
+    "gpo": "gpo (optimizer_model=self)",
+    "greater": "greater",
+}
 
 
 def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -64,7 +70,13 @@ def load_unit(unit: Path, task: str) -> dict[str, Any] | None:
             folder = results.parent.parent
             meta = json.loads((folder / "unit.json").read_text()) if (folder / "unit.json").is_file() else {}
             po = data["prompt_optimization"]["tasks"][task]
-            return {"results": data["results"][task], "po": po, "samples": samples(results.parent, task), "meta": meta, "file": results}
+            return {
+                "results": data["results"][task],
+                "po": po,
+                "samples": samples(results.parent, task),
+                "meta": meta,
+                "file": results,
+            }
     return None
 
 
@@ -76,7 +88,11 @@ def outcomes(unit: dict[str, Any], metric: str) -> dict[int, float]:
 
 def reported_metrics(unit: dict[str, Any]) -> list[str]:
     """Every "metric,filter" the task reports (BBH: flexible-extract and strict-match)."""
-    return [k for k, v in unit["results"].items() if "," in k and "_stderr" not in k and isinstance(v, (int, float)) and k.split(",")[0] in ("exact_match", "acc")]
+    return [
+        k
+        for k, v in unit["results"].items()
+        if "," in k and "_stderr" not in k and isinstance(v, (int, float)) and k.split(",")[0] in ("exact_match", "acc")
+    ]
 
 
 def generated_tokens(unit: dict[str, Any], tokenizer: Any) -> int:
@@ -109,10 +125,16 @@ def fmt_ci(lo: float, hi: float, signed: bool = False) -> str:
 
 def short(text: str | None, n: int = 90) -> str:
     text = (text or "").replace("|", "\\|").replace("\n", " ")
-    return "*(none: the chat template's default system message)*" if not text else (text if len(text) <= n else text[: n - 1] + "…")
+    return (
+        "*(none: the chat template's default system message)*"
+        if not text
+        else (text if len(text) <= n else text[: n - 1] + "…")
+    )
 
 
-def analyse(out: Path, tasks: list[str], optimizers: list[str], tokenizer: Any) -> tuple[list[dict[str, Any]], list[str]]:
+def analyse(
+    out: Path, tasks: list[str], optimizers: list[str], tokenizer: Any
+) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per finished (task, optimizer), and the units that did not finish."""
     rows, missing = [], []
     for task in tasks:
@@ -125,7 +147,13 @@ def analyse(out: Path, tasks: list[str], optimizers: list[str], tokenizer: Any) 
             optimized = unit["po"]["metric"]
             metrics = reported_metrics(unit)
             reported = optimized if optimized in metrics else metrics[0]
-            row: dict[str, Any] = {"task": task, "optimizer": opt, "optimized": optimized, "reported": reported, "unit": unit}
+            row: dict[str, Any] = {
+                "task": task,
+                "optimizer": opt,
+                "optimized": optimized,
+                "reported": reported,
+                "unit": unit,
+            }
             row["scores"] = {}
             for m in metrics:
                 own = outcomes(unit, m)
@@ -156,7 +184,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         s = r["scores"][r["reported"]]
         diff = "—" if "diff" not in s else f"{s['diff']:+.2f} {fmt_ci(*s['diff_ci'], signed=True)}"
         p = "—" if "p" not in s else f"{s['p']:.2f}"
-        others = [f"{m.split(',')[1]}: {e['score']:.2f} {fmt_ci(*e['ci'])}" + (f", Δ {e['diff']:+.2f}" if "diff" in e else "") for m, e in r["scores"].items() if m != r["reported"]]
+        others = [
+            f"{m.split(',')[1]}: {e['score']:.2f} {fmt_ci(*e['ci'])}" + (f", Δ {e['diff']:+.2f}" if "diff" in e else "")
+            for m, e in r["scores"].items()
+            if m != r["reported"]
+        ]
         search = "—" if r["search_s"] is None else f"{r['search_s']:.0f}"
         tokens = f"{r['heldout_tokens']} / {'—' if r['search_tokens'] is None else r['search_tokens']}"
         lines.append(
@@ -181,7 +213,9 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     holm = min(1.0, tests[0] * len(tests)) if tests else 1.0  # Holm's adjusted p of the smallest p-value
     if wins:
         text = (
-            "An optimizer beat the baseline with a 95 % interval above zero and McNemar p < 0.05 on: " + "; ".join(wins) + ". "
+            "An optimizer beat the baseline with a 95 % interval above zero and McNemar p < 0.05 on: "
+            + "; ".join(wins)
+            + ". "
             f"These are {len(tests)} comparisons without correction: about {0.05 * len(tests):.1f} such results are expected "
             f"by chance alone, and after Holm's correction {'none remains' if holm >= 0.05 else 'the smallest remains'} "
             f"(smallest adjusted p = {holm:.2f})."
@@ -201,7 +235,10 @@ def diagnosis(rows: list[dict[str, Any]]) -> str:
             continue
         d = (r["unit"]["po"].get("details") or {}).get("diagnosis") or {}
         steps = d.get("criterion_vs_harness_train") or []
-        pairs = ", ".join(f"step {s['step']}: {s['criterion']:.3f} / {s['harness_train_score'] if s['harness_train_score'] is not None else '—'}" for s in steps)
+        pairs = ", ".join(
+            f"step {s['step']}: {s['criterion']:.3f} / {s['harness_train_score'] if s['harness_train_score'] is not None else '—'}"
+            for s in steps
+        )
         rho = d.get("spearman_criterion_harness")
         near = d.get("gold_near_zero")
         lines.append(
@@ -249,7 +286,18 @@ def screen_table(out: Path) -> str:
             "three of the last screen, as named in `scripts/real_study.py`."
         )
     res = json.loads(files[-1].read_text())["results"]
-    rows = sorted(((k.replace("bbh_cot_zeroshot_", ""), v.get("exact_match,flexible-extract"), v.get("exact_match,strict-match")) for k, v in res.items() if k.startswith("bbh_cot_zeroshot_")), key=lambda x: (-(x[1] or 0), -(x[2] or 0)))
+    rows = sorted(
+        (
+            (
+                k.replace("bbh_cot_zeroshot_", ""),
+                v.get("exact_match,flexible-extract"),
+                v.get("exact_match,strict-match"),
+            )
+            for k, v in res.items()
+            if k.startswith("bbh_cot_zeroshot_")
+        ),
+        key=lambda x: (-(x[1] or 0), -(x[2] or 0)),
+    )
     lines = [
         f"Stock lm-eval, the default prompt, the first {SCREEN_DOCS} docs of each task, the same 32-token cap (`--screen`), "
         "run before the study. The study's three BBH tasks are the top three of this table (flexible-extract, ties broken "
@@ -263,7 +311,16 @@ def screen_table(out: Path) -> str:
     return "\n".join(lines)
 
 
-def write_page(out: Path, page: Path, tasks: list[str], optimizers: list[str], model: Path, machine: str, gpu: list[str], settings: dict[str, Any]) -> None:
+def write_page(
+    out: Path,
+    page: Path,
+    tasks: list[str],
+    optimizers: list[str],
+    model: Path,
+    machine: str,
+    gpu: list[str],
+    settings: dict[str, Any],
+) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -272,14 +329,30 @@ def write_page(out: Path, page: Path, tasks: list[str], optimizers: list[str], m
     png = page.with_suffix(".png")
     plot(rows, tasks, optimizers, png)
     html = page.with_name(page.stem + "_leaderboard.html")
-    lb = subprocess.run([str(Path(sys.executable).with_name("lm-eval-promptopt")), "leaderboard", str(out / "units"), "--format", "html", "--out", str(html)], capture_output=True, text=True, check=False)
+    lb = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("lm-eval-promptopt")),
+            "leaderboard",
+            str(out / "units"),
+            "--format",
+            "html",
+            "--out",
+            str(html),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     runs = "\n".join(
         f"- `{LABEL[u.parent.name] if u.parent.name in LABEL else LABEL[u.parent.parent.name] + ' (' + u.parent.name + ')'}`: "
         f"{m['wall_s'] / 60:.1f} min, exit {m['exit_code']}, load average at its end {', '.join(f'{x:.2f}' for x in m['load'])}"
         for u in sorted((out / "units").rglob("unit.json"))
         if (m := json.loads(u.read_text()))
     )
-    spans = [(u.stat().st_mtime - json.loads(u.read_text())["wall_s"], u.stat().st_mtime) for u in (out / "units").rglob("unit.json")]
+    spans = [
+        (u.stat().st_mtime - json.loads(u.read_text())["wall_s"], u.stat().st_mtime)
+        for u in (out / "units").rglob("unit.json")
+    ]
     if spans:
         first, last = min(a for a, _ in spans), max(b for _, b in spans)
         clock = lambda t: time.strftime("%H:%M", time.gmtime(t))  # noqa: E731
@@ -291,9 +364,15 @@ def write_page(out: Path, page: Path, tasks: list[str], optimizers: list[str], m
             "take the sum above)."
         )
         if started:
-            runs += " The commands, each with its wall time:\n\n" + "\n".join(f"- `{r['command']}` ({r.get('wall_s', 0) / 60:.0f} min)" for r in started)
+            runs += " The commands, each with its wall time:\n\n" + "\n".join(
+                f"- `{r['command']}` ({r.get('wall_s', 0) / 60:.0f} min)" for r in started
+            )
     command = f"python scripts/real_study.py --screen --heldout {settings['heldout']}"
-    status = "All units finished." if not missing else f"**Not finished** ({len(missing)} units; their rows are absent): " + "; ".join(missing) + "."
+    status = (
+        "All units finished."
+        if not missing
+        else f"**Not finished** ({len(missing)} units; their rows are absent): " + "; ".join(missing) + "."
+    )
     args = "\n".join(f"- `{o}`: `{a}`" for o, a in settings["optimize_args"].items())
     text = f"""# Real model, real numbers: SmolLM2-135M-Instruct on BBH, GSM8k, FOLIO and MMLU
 
@@ -312,18 +391,18 @@ where it stopped.)
 template applied (`--apply_chat_template`). **Machine.** {machine}, shared with other jobs; the
 units behind this page (one `lm_eval` process each; wall time, load average over 1/5/15 min):
 
-{runs or '- (no run recorded)'}
+{runs or "- (no run recorded)"}
 
 **Budgets (CPU, small: read the intervals).** Every unit is one `lm_eval --optimize` run, held-out
-capped at the first {settings['heldout']} held-out docs of each task (`--limit`), generation capped at
-`max_gen_toks={settings['gen_tokens']}` for every generation (search and held-out alike), batch 32.
+capped at the first {settings["heldout"]} held-out docs of each task (`--limit`), generation capped at
+`max_gen_toks={settings["gen_tokens"]}` for every generation (search and held-out alike), batch 32.
 All optimizers get the same seeded split plan (seed 0, 4 optimize-train and 6 optimize-dev docs), so
 the held-out docs are the same docs and the differences are paired. The baseline is `--optimize none`
 with no instruction: stock lm-eval's prompt, with SmolLM2's own default system message.
 
 {args}
 
-Held-out is {settings['heldout']} docs a task where the data has them (the n column says where it has
+Held-out is {settings["heldout"]} docs a task where the data has them (the n column says where it has
 fewer). A 95 % interval at n = 100 is about ±0.1 wide on each side: only effects of about 0.15 or
 more can show. The small search budgets above are what a 2-core CPU allows; the GPU commands below
 are the papers' budgets. {status}
@@ -345,7 +424,7 @@ optimizer LLM).
 
 ![held-out scores]({png.name})
 
-Leaderboard of the same runs: [{html.name}]({html.name}){'' if lb.returncode == 0 else f' (not written: {lb.stderr.strip().splitlines()[-1] if lb.stderr.strip() else lb.returncode})'}.
+Leaderboard of the same runs: [{html.name}]({html.name}){"" if lb.returncode == 0 else f" (not written: {lb.stderr.strip().splitlines()[-1] if lb.stderr.strip() else lb.returncode})"}.
 
 ## Why GReaTer did or did not help
 

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from lm_eval_promptopt.report.leaderboard import load_run
+from lm_eval_promptopt.harness.splits import SplitPlan, plan_splits, resolve_split
 from lm_eval_promptopt.optimizers import get_optimizer
 from lm_eval_promptopt.options import parse_optimize_args
+from lm_eval_promptopt.report.leaderboard import load_run
 from lm_eval_promptopt.report.run_report import projected_cost_table
-from lm_eval_promptopt.harness.splits import SplitPlan, plan_splits, resolve_split
+
 
 GREATER_BBH = (
     "boolean_expressions causal_judgement date_understanding disambiguation_qa formal_fallacies geometric_shapes "
@@ -47,9 +48,15 @@ BBH_SIZES = {"causal_judgement": 187, "penguins_in_a_table": 146, "snarks": 178}
 # validation split has up to 20 docs per subject that GPO's plan uses (fewer in some subjects).
 SPLITS = {
     "bbh": ({"test_split": "test"}, {"test": 250}),
-    "gsm8k": ({"training_split": "train", "fewshot_split": "train", "test_split": "test"}, {"train": 7473, "test": 1319}),
+    "gsm8k": (
+        {"training_split": "train", "fewshot_split": "train", "test_split": "test"},
+        {"train": 7473, "test": 1319},
+    ),
     "folio": ({"training_split": "train", "validation_split": "validation"}, {"train": 1001, "validation": 203}),
-    "mmlu": ({"validation_split": "validation", "fewshot_split": "dev", "test_split": "test"}, {"dev": 5, "validation": 20, "test": 100}),
+    "mmlu": (
+        {"validation_split": "validation", "fewshot_split": "dev", "test_split": "test"},
+        {"dev": 5, "validation": 20, "test": 100},
+    ),
 }
 MMLU_SUBJECTS = 57
 
@@ -112,11 +119,24 @@ def jobs(paper: str, table: int, args: argparse.Namespace) -> list[Job]:
                     where = out / model.split("/")[-1] / dataset / f"seed{seed}"
                     result.append(Job(paper, model, dataset, leaves, "greater",
                                       f"split=paper,seed={seed},keep_initial=false,compare_baseline=true", leaves, where / "greater"))  # fmt: skip
-                    result.append(Job(paper, model, dataset, leaves, "none", f"split=greater,seed={seed}", leaves, where / "zs_cot"))
+                    result.append(
+                        Job(
+                            paper,
+                            model,
+                            dataset,
+                            leaves,
+                            "none",
+                            f"split=greater,seed={seed}",
+                            leaves,
+                            where / "zs_cot",
+                        )
+                    )
         return result
     if table != 5:
         raise SystemExit("reproduce.py: gpo has Table 5 (main results); see gpo.md §14")
-    endpoint = f"optimizer_model={args.optimizer_model}" + (f",optimizer_base_url={args.optimizer_base_url}" if args.optimizer_base_url else "")
+    endpoint = f"optimizer_model={args.optimizer_model}" + (
+        f",optimizer_base_url={args.optimizer_base_url}" if args.optimizer_base_url else ""
+    )
     datasets = {
         "BBH": [f"bbh_cot_zeroshot_{t}" for t in ALL_BBH],
         "GSM8K": ["gsm8k_cot_zeroshot"],
@@ -184,8 +204,16 @@ def ours(job: Job) -> dict[str, tuple[float | None, float | None]]:
     if job.dataset == "BBH":  # the papers' BBH is the unweighted mean over the tasks
         return {"BBH": (pct([c.score for c in leaves]), pct([c.baseline for c in leaves]))}
     if job.dataset == "MMLU":
-        names = {"MMLU STEM": "mmlu_stem", "MMLU Hum.": "mmlu_humanities", "MMLU Social": "mmlu_social_sciences", "MMLU Other": "mmlu_other", "MMLU avg": "mmlu"}
-        return {col: (pct([run.cells[g].score]), pct([run.cells[g].baseline])) for col, g in names.items() if g in run.cells}
+        names = {
+            "MMLU STEM": "mmlu_stem",
+            "MMLU Hum.": "mmlu_humanities",
+            "MMLU Social": "mmlu_social_sciences",
+            "MMLU Other": "mmlu_other",
+            "MMLU avg": "mmlu",
+        }
+        return {
+            col: (pct([run.cells[g].score]), pct([run.cells[g].baseline])) for col, g in names.items() if g in run.cells
+        }
     return {job.dataset: (pct([c.score for c in leaves]), pct([c.baseline for c in leaves]))}
 
 
@@ -193,7 +221,10 @@ def compare(paper: str, all_jobs: list[Job]) -> str:
     """Paper vs ours, per model and reported column (ours: mean over seeds)."""
     table = GREATER_TABLE_1 if paper == "greater" else GPO_TABLE_5
     method, base = ("GReaTer", "ZS-CoT") if paper == "greater" else ("GPO", "CoT")
-    lines = [f"| model | column | paper {method} | ours {method} | paper {base} | ours {base} | ours gain |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| model | column | paper {method} | ours {method} | paper {base} | ours {base} | ours gain |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for model, columns in table.items():
         found: dict[str, list[tuple[float | None, float | None]]] = {}
         for job in all_jobs:
@@ -209,7 +240,9 @@ def compare(paper: str, all_jobs: list[Job]) -> str:
             values = found.get(column, [])
             mine = [_mean([v[0] for v in values]), _mean([v[1] for v in values])]
             gain = None if None in mine else mine[0] - mine[1]
-            lines.append(f"| {model} | {column} | {paper_method:.2f} | {_pct(mine[0])} | {paper_base:.2f} | {_pct(mine[1])} | {_pct(gain, signed=True)} |")
+            lines.append(
+                f"| {model} | {column} | {paper_method:.2f} | {_pct(mine[0])} | {paper_base:.2f} | {_pct(mine[1])} | {_pct(gain, signed=True)} |"
+            )
     return "\n".join(lines)
 
 
@@ -226,14 +259,33 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paper", choices=["greater", "gpo"])
     parser.add_argument("--table", type=int, required=True, help="greater: 1; gpo: 5 (the main tables)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and their projected cost; run nothing")
-    parser.add_argument("--compare-only", action="store_true", help="run nothing; compare the results already under --out")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the commands and their projected cost; run nothing"
+    )
+    parser.add_argument(
+        "--compare-only", action="store_true", help="run nothing; compare the results already under --out"
+    )
     parser.add_argument("--out", default="runs/reproduce", help="results go under OUT/<paper>_table<N>/")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (GPO's table: the mean of 3 runs, e.g. 0,1,2)")
-    parser.add_argument("--optimizer-model", default="gpt-3.5-turbo", help="gpo: the optimizer LLM (the paper's gpt-3.5-turbo; `self` for the task model)")
-    parser.add_argument("--optimizer-base-url", default=None, help="gpo: an OpenAI-compatible endpoint (default: the OpenAI API)")
-    parser.add_argument("--seconds-per-call", type=float, default=None, help="for the wall-time estimate (default: from GReaTer's logged seconds per step; 1.0 otherwise)")
-    parser.add_argument("--seconds-per-optimizer-call", type=float, default=3.0, help="for the wall-time estimate of endpoint calls")
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated seeds (GPO's table: the mean of 3 runs, e.g. 0,1,2)"
+    )
+    parser.add_argument(
+        "--optimizer-model",
+        default="gpt-3.5-turbo",
+        help="gpo: the optimizer LLM (the paper's gpt-3.5-turbo; `self` for the task model)",
+    )
+    parser.add_argument(
+        "--optimizer-base-url", default=None, help="gpo: an OpenAI-compatible endpoint (default: the OpenAI API)"
+    )
+    parser.add_argument(
+        "--seconds-per-call",
+        type=float,
+        default=None,
+        help="for the wall-time estimate (default: from GReaTer's logged seconds per step; 1.0 otherwise)",
+    )
+    parser.add_argument(
+        "--seconds-per-optimizer-call", type=float, default=3.0, help="for the wall-time estimate of endpoint calls"
+    )
     args = parser.parse_args(argv)
     all_jobs = jobs(args.paper, args.table, args)
 
@@ -247,7 +299,9 @@ def main(argv: list[str] | None = None) -> None:
                   f"~{hours:.1f} h ({hours / len(job.leaves):.2f} h per task, {total['model_calls']} model calls, {total['optimizer_calls']} optimizer calls)")  # fmt: skip
             print("\n".join(f"#   {line}" for line in table.splitlines()[1:] if line.startswith("| total")))
             print(shlex.join(job.command()))
-        print(f"# {len(all_jobs)} commands, expected search wall time ~{total_hours:.0f} h in all, one after another on one GPU")
+        print(
+            f"# {len(all_jobs)} commands, expected search wall time ~{total_hours:.0f} h in all, one after another on one GPU"
+        )
     if args.dry_run:
         print("\nPaper numbers to compare (accuracy %):")
         print(compare(args.paper, []))
@@ -257,7 +311,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"$ {shlex.join(job.command())}", flush=True)
             started = time.time()
             code = subprocess.run(job.command(), check=False).returncode
-            print(f"# {job.dataset} ({job.optimize}) finished in {(time.time() - started) / 3600:.2f} h, exit {code}", flush=True)
+            print(
+                f"# {job.dataset} ({job.optimize}) finished in {(time.time() - started) / 3600:.2f} h, exit {code}",
+                flush=True,
+            )
             if code != 0:
                 sys.exit(code)
     print(compare(args.paper, all_jobs))

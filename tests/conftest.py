@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 
+
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each (and their lm_eval runs)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ (the test bed and the planted tests use it)
 from support.site import sitecustomize  # noqa: E402
 from support.testbed import build_tiny_model, write_local_task_overrides  # noqa: E402 (after the thread count)
+
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -38,8 +40,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     worker, so that it runs once; tests without one are spread one by one."""
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
-        if item.get_closest_marker("xdist_group") is None and fixtures is not None and any(
-            defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()
+        if (
+            item.get_closest_marker("xdist_group") is None
+            and fixtures is not None
+            and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values())
         ):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
@@ -100,7 +104,9 @@ def run_lm_eval(args: list[str], entry: str = "lm_eval", check: bool = True, **e
             timeout=600,
         )
     if check and proc.returncode != 0:
-        raise AssertionError(f"lm_eval exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"lm_eval exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -168,5 +174,7 @@ def ci_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
     models = [planted.planted_model(), tiny_model]
     proc = run_ci_script(models, root / "out1", root / "ci-cache")
     if proc.returncode != 0:
-        raise AssertionError(f"leaderboard.sh exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"leaderboard.sh exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+        )
     return {"root": root, "models": models, "out": root / "out1", "cache": root / "ci-cache", "proc": proc}

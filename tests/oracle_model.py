@@ -19,6 +19,7 @@ from lm_eval.api.registry import register_model
 
 from lm_eval_promptopt.optimizers import OptimizationResult, Optimizer, Problem, register_optimizer
 
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -27,12 +27,17 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
+
 Respond = Callable[[dict[str, Any], int], str]
 
 
 def current_and_budget(prompt: str) -> tuple[str, int | None]:
     """The current instruction and the word budget stated in a GPO meta-prompt."""
-    current = prompt.split("The current prompt is:\n", 1)[-1].split("\n\n", 1)[0] if "The current prompt is:\n" in prompt else ""
+    current = (
+        prompt.split("The current prompt is:\n", 1)[-1].split("\n\n", 1)[0]
+        if "The current prompt is:\n" in prompt
+        else ""
+    )
     budget = re.search(r"change at most (\d+) words", prompt)
     return current, int(budget.group(1)) if budget else None
 
@@ -94,20 +99,30 @@ class ScriptedServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
-                entry = {**body, "_authorization": self.headers.get("Authorization"), "_path": self.path, "_received": time.perf_counter()}
+                entry = {
+                    **body,
+                    "_authorization": self.headers.get("Authorization"),
+                    "_path": self.path,
+                    "_received": time.perf_counter(),
+                }
                 with server.lock:
                     server.requests.append(entry)
                     action = server.failures.pop(0) if server.failures else server.fail_always
                 if action == "hang":
                     time.sleep(server.hang_s)
                 elif action == "html":  # a web page where the API should be (e.g. a proxy's login page)
-                    return self._send(200, "<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in to continue</body></html>")
+                    return self._send(
+                        200,
+                        "<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in to continue</body></html>",
+                    )
                 elif action in ("empty", "no_choices"):
                     pass
                 elif action is not None:
                     # A 401 echoes the key it got, as some servers do: clients must not log it.
                     reason = f"invalid key {self.headers.get('Authorization')}" if int(action) == 401 else "scripted"
-                    return self._send(int(action), {"error": {"message": f"failure {action}: {reason}", "type": "scripted"}})
+                    return self._send(
+                        int(action), {"error": {"message": f"failure {action}: {reason}", "type": "scripted"}}
+                    )
                 if not self.path.split("?")[0].endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": "not found"}})
                 if server.reject_n and int(body.get("n") or 1) > 1:

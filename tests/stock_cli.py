@@ -2,7 +2,9 @@
 
 import sys
 
+
 sys.meta_path[:] = [f for f in sys.meta_path if type(f).__module__ != "lm_eval_promptopt.hook"]
 from lm_eval.__main__ import cli_evaluate  # noqa: E402
+
 
 cli_evaluate()

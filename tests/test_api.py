@@ -11,6 +11,7 @@ import pytest
 from benchmarks.planted import TASK_DIR
 from lm_eval_promptopt.errors import PromptOptError
 
+
 TASK = "planted_largest"
 
 
@@ -35,7 +36,10 @@ def test_returns_lm_evals_results_with_the_prompt_optimization_section(tiny_mode
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"optimizer": "candidates", "optimizer_args": {"steps": 3}}, "unknown key(s) steps for optimizer 'candidates'"),
+        (
+            {"optimizer": "candidates", "optimizer_args": {"steps": 3}},
+            "unknown key(s) steps for optimizer 'candidates'",
+        ),
         ({"optimizer": "none", "bootstrap_iter": 10}, "unknown lm-eval argument(s) bootstrap_iter"),
         ({"optimizer": "none", "limit": 0}, "--limit 0: give a number of held-out docs per task above 0"),
     ],

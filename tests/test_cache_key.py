@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from lm_eval_promptopt.optimizers import get_optimizer
-from lm_eval_promptopt.options import RunOptions
 from lm_eval_promptopt.optimizers.simple import CandidatesConfig
-from lm_eval_promptopt.run.search_key import IN_KEY, NOT_IN_KEY, cacheable, search_key
+from lm_eval_promptopt.options import RunOptions
 from lm_eval_promptopt.run.instruction_cache import InstructionCache
+from lm_eval_promptopt.run.search_key import IN_KEY, NOT_IN_KEY, cacheable, search_key
+
 
 BUILT_IN = ("none", "candidates", "greater", "gpo")
 

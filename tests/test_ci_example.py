@@ -13,6 +13,7 @@ from conftest import CI_SCRIPT, CI_TASK, run_ci_script, squeezed
 from lm_eval_promptopt import __version__
 from lm_eval_promptopt.report.leaderboard import scores_table
 
+
 pytestmark = pytest.mark.xdist_group("ci_run")  # one worker builds the shared CI run
 
 
@@ -51,7 +52,9 @@ def test_the_script_checks_its_arguments_and_the_workflow_runs_it():
     workflow = yaml.safe_load((CI_SCRIPT.parent / "leaderboard.yml").read_text())
     steps = workflow["jobs"]["leaderboard"]["steps"]
     uses = [s.get("uses", "") for s in steps]
-    assert any(u.startswith("actions/cache/restore") for u in uses) and any(u.startswith("actions/cache/save") for u in uses)
+    assert any(u.startswith("actions/cache/restore") for u in uses) and any(
+        u.startswith("actions/cache/save") for u in uses
+    )
     assert any(u.startswith("actions/upload-artifact") for u in uses)
     restore = next(s for s in steps if s.get("uses", "").startswith("actions/cache/restore"))
     assert "PLUGIN_VERSION" in restore["with"]["key"], "the cache is keyed by the plugin version"

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import OFFLINE, run_lm_eval
 
 
@@ -31,11 +30,15 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str, code: i
         (["--optimize", "none", "--limit", "0"], ["--limit 0: give a number of held-out docs per task above 0"]),
         (
             ["--optimize", "none", "--system_instruction", "Be brief.", "--optimize_args", "instruction=Be short."],
-            ["the initial instruction is given twice: pass either --system_instruction or --optimize_args instruction=..., not both"],
+            [
+                "the initial instruction is given twice: pass either --system_instruction or --optimize_args instruction=..., not both"
+            ],
         ),
         (
             ["--model_args", "pretrained=/no/such/model,tokenizer=gpt2", "--optimize", "none"],
-            ["--model_args pretrained=/no/such/model: no such file or folder (a local path; a Hugging Face repo id reads org/name)"],
+            [
+                "--model_args pretrained=/no/such/model: no such file or folder (a local path; a Hugging Face repo id reads org/name)"
+            ],
         ),
         (
             ["--optimize", "gpo", "--optimize_args", "retrieval=none,steps=0"],
@@ -56,8 +59,20 @@ def test_unknown_task_is_a_clear_error():
 def test_model_load_failure_is_one_line_with_its_exit_code(tmp_path):
     (tmp_path / "empty").mkdir()  # a folder that holds no model
     proc = run_lm_eval(
-        ["--model", "hf", "--model_args", f"pretrained={tmp_path / 'empty'}", "--device", "cpu",
-         "--tasks", "planted_first", "--optimize", "none", "--output_path", str(tmp_path)],  # (its data is local: tasks load first)
+        [
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tmp_path / 'empty'}",
+            "--device",
+            "cpu",
+            "--tasks",
+            "planted_first",
+            "--optimize",
+            "none",
+            "--output_path",
+            str(tmp_path),
+        ],  # (its data is local: tasks load first)
         check=False,
     )
     assert_clean_error(proc, "model load failed:", "error.log", code=3)
@@ -76,7 +91,9 @@ cli_evaluate()
 
 def test_unsupported_lm_eval_refuses_optimize_but_keeps_plain_lm_eval():
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", FAKE_VERSION, *args], capture_output=True, text=True, env=OFFLINE | {"PATH": ""})
+        return subprocess.run(
+            [sys.executable, "-c", FAKE_VERSION, *args], capture_output=True, text=True, env=OFFLINE | {"PATH": ""}
+        )
 
     proc = run("--model", "hf", "--tasks", "mmlu_anatomy", "--optimize", "none")
     assert_clean_error(proc, "--optimize is unavailable: lm-eval 0.5.1 is installed", "lm-eval>=0.4.10,<0.5")
@@ -94,7 +111,9 @@ def test_help_of_every_entry_point_shows_the_group():
         proc = subprocess.run(command, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert "prompt optimization:" in proc.stdout and "--optimize_args" in proc.stdout
-    top = subprocess.run([str(Path(sys.executable).with_name("lm-eval-promptopt")), "--help"], capture_output=True, text=True)
+    top = subprocess.run(
+        [str(Path(sys.executable).with_name("lm-eval-promptopt")), "--help"], capture_output=True, text=True
+    )
     assert "run" in top.stdout and "lm_eval run" in top.stdout
 
 
@@ -108,9 +127,14 @@ def test_an_instruction_longer_than_the_context_is_refused_before_the_search(tin
          "--output_path", str(tmp_path)],
         check=False,
     )  # fmt: skip
-    assert_clean_error(proc, "planted_first: the instruction 'Think about every item of the list very carefully before ...' (")
+    assert_clean_error(
+        proc, "planted_first: the instruction 'Think about every item of the list very carefully before ...' ("
+    )
     line = proc.stderr.strip().splitlines()[-1]
-    assert "over the 56 the model takes (max_length 64, less the tokens to generate): lm-eval would cut it from the left" in line
+    assert (
+        "over the 56 the model takes (max_length 64, less the tokens to generate): lm-eval would cut it from the left"
+        in line
+    )
     assert not list(tmp_path.glob("*/prompt_optimization_*/trajectories/*"))  # refused before any search
 
 
@@ -119,7 +143,9 @@ def test_help_metric_example_works_as_printed():
     shell, the example sets that metric (unquoted, `metric=a,b` splits into `metric=a` and a bad `b`)."""
     from lm_eval_promptopt.options import split_pairs
 
-    proc = subprocess.run([str(Path(sys.executable).with_name("lm_eval")), "run", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("lm_eval")), "run", "--help"], capture_output=True, text=True
+    )
     examples = [word for word in proc.stdout.split() if word.startswith("'metric=")]
     assert examples, "the help shows a quoted metric example"
     (argument,) = shlex.split(examples[0].rstrip(";,)"))

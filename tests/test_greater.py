@@ -7,22 +7,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
+from support.testbed import build_tiny_model
 
-from conftest import SHARED_DATA, needs_shared_data
 from lm_eval_promptopt.errors import PromptOptError
 from lm_eval_promptopt.harness.objective import Objective, TaskSplits, primary_metric
+from lm_eval_promptopt.harness.prompting import Placement
+from lm_eval_promptopt.harness.setup import apply_task_overrides
+from lm_eval_promptopt.harness.splits import plan_splits
 from lm_eval_promptopt.optimizers.base import Problem
 from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig, Search
 from lm_eval_promptopt.optimizers.greater.batching import CPU_BATCH_TOKENS, memory_budget, rows_that_fit
 from lm_eval_promptopt.optimizers.greater.examples import allowed_token_mask
 from lm_eval_promptopt.optimizers.greater.search import advance, select
 from lm_eval_promptopt.options import RunOptions
-from lm_eval_promptopt.harness.prompting import Placement
-from lm_eval_promptopt.harness.setup import apply_task_overrides
-from lm_eval_promptopt.harness.splits import plan_splits
-from support.testbed import build_tiny_model
+
 
 pytestmark = needs_shared_data
 TASK = "bbh_cot_zeroshot_boolean_expressions"
@@ -50,10 +51,17 @@ def tasks(local_tasks: Path) -> dict:
 
 def make_problem(lm, task, name=TASK, train=4, dev=4, seed=0) -> Problem:
     splits = TaskSplits(task)
-    plan = plan_splits(name, task.config, RunOptions(train_size=train, dev_size=dev, seed=seed), splits.size, lambda s: set())
+    plan = plan_splits(
+        name, task.config, RunOptions(train_size=train, dev_size=dev, seed=seed), splits.size, lambda s: set()
+    )
     objective = Objective(
-        task_name=name, splits=splits, plan=plan, lm=lm, placement=Placement(chat_template=False),
-        metric=primary_metric(name, task, {}), fewshot_seed=1234,
+        task_name=name,
+        splits=splits,
+        plan=plan,
+        lm=lm,
+        placement=Placement(chat_template=False),
+        metric=primary_metric(name, task, {}),
+        fewshot_seed=1234,
         eval_kwargs={"apply_chat_template": False, "fewshot_as_multiturn": False, "confirm_run_unsafe_code": False},
         record=lambda entry: None,
     )
@@ -245,7 +253,9 @@ def test_memory_sized_batches_choose_what_one_at_a_time_chooses(llama3_lm, tasks
         assert a["criterion"] == pytest.approx(b["criterion"], abs=1e-5)
         assert set(a["phase_seconds"]) >= {"generation", "forwards", "backwards", "proposal"}
         assert a["regeneration_shapes"]["context_lengths"] and a["regeneration_shapes"]["new_tokens"] <= 5
-        assert set(b["batch_rows"].values()) == {1} and a["counters"]["generate_calls"] < b["counters"]["generate_calls"]
+        assert (
+            set(b["batch_rows"].values()) == {1} and a["counters"]["generate_calls"] < b["counters"]["generate_calls"]
+        )
         assert a["counters"]["generate_calls"] <= 2  # a reasoning refresh, then every candidate's regeneration at once
     assert wide.instruction == narrow.instruction
 
@@ -276,8 +286,12 @@ def test_answer_target_is_the_bare_gold_after_the_papers_frame(lm, local_tasks):
         for ex in opt.examples:
             assert tok.decode(ex.extractor) == f" {opt.extractor}"
             text = tok.decode(ex.answer)
-            assert "(" not in text and (answers is None and text.strip().lstrip("-").isdigit() or text in (answers or ()))
-        task_opt = Search(GreaterConfig(extractor="task"), make_problem(lm, loaded[name], name=name, train=8))  # the task's own phrase, still the bare answer scored
+            assert "(" not in text and (
+                answers is None and text.strip().lstrip("-").isdigit() or text in (answers or ())
+            )
+        task_opt = Search(
+            GreaterConfig(extractor="task"), make_problem(lm, loaded[name], name=name, train=8)
+        )  # the task's own phrase, still the bare answer scored
         if name == names[0]:
             ex = task_opt.examples[0]
             assert tok.decode(ex.extractor) == " So the answer is (" and tok.decode(ex.answer) in answers

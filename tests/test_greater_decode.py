@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import SHARED_DATA, needs_shared_data
 from lm_eval.models.huggingface import HFLM
+from support.testbed import build_tiny_model
 from transformers import AutoTokenizer
 
-from conftest import SHARED_DATA, needs_shared_data
 from lm_eval_promptopt.optimizers.greater import GreaterConfig
 from lm_eval_promptopt.optimizers.greater.decode import cache_keyword
 from lm_eval_promptopt.optimizers.greater.engine import Engine
-from support.testbed import build_tiny_model
+
 
 pytestmark = needs_shared_data
 SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
@@ -24,9 +25,17 @@ FAMILIES = {  # family: (tokenizer of the test bed, config class, its settings)
     "mistral": ("metaspace", "MistralConfig", SIZES | {"sliding_window": None}),
     "gpt2": ("bpe", "GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=1024)),
     "qwen2": ("bpe", "Qwen2Config", SIZES | {"tie_word_embeddings": True}),
-    "gemma2": ("bpe", "Gemma2Config", SIZES | {"head_dim": 16, "query_pre_attn_scalar": 16, "tie_word_embeddings": False}),
+    "gemma2": (
+        "bpe",
+        "Gemma2Config",
+        SIZES | {"head_dim": 16, "query_pre_attn_scalar": 16, "tie_word_embeddings": False},
+    ),
     # a window shorter than the contexts: the sliding layers' cache rolls while decoding
-    "gemma2_rolling": ("bpe", "Gemma2Config", SIZES | {"head_dim": 16, "query_pre_attn_scalar": 16, "tie_word_embeddings": False, "sliding_window": 24}),
+    "gemma2_rolling": (
+        "bpe",
+        "Gemma2Config",
+        SIZES | {"head_dim": 16, "query_pre_attn_scalar": 16, "tie_word_embeddings": False, "sliding_window": 24},
+    ),
 }
 
 
@@ -37,8 +46,12 @@ def build(family: str, root: Path) -> Path:
     if config_class:
         tok = AutoTokenizer.from_pretrained(path)
         config = getattr(transformers, config_class)(
-            vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            initializer_range=0.3, **settings,  # wide enough that greedy reasoning differs between contexts
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            initializer_range=0.3,
+            **settings,  # wide enough that greedy reasoning differs between contexts
         )
         torch.manual_seed(0)
         transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
@@ -50,7 +63,9 @@ def engine(lm: HFLM, until: list[str], max_new: int, batch_size: int | None = No
 
 
 def contexts(lm: HFLM) -> list[list[int]]:
-    texts = [f"Question {i}: Alice has {i} balls; Bob swaps {i % 3} of them with Claire. " * (1 + i % 4) for i in range(9)]
+    texts = [
+        f"Question {i}: Alice has {i} balls; Bob swaps {i % 3} of them with Claire. " * (1 + i % 4) for i in range(9)
+    ]
     return [lm.tok_encode(t) for t in texts]
 
 
@@ -84,7 +99,9 @@ def test_ended_rows_leave_the_batch(tmp_path: Path):
     fast, slow = engine(lm, until, 12), engine(lm, until, 12)
     slow.fallback = "the reference"
     rows: list[int] = []
-    hook = lm.model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    hook = lm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     try:
         got = fast.generate(ctx)
         fed, rows[:] = sum(rows[1:]), []

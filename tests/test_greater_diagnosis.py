@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-
 from conftest import needs_shared_data
+from test_greater import TASK, lm, make_problem, tasks  # noqa: F401  (module fixtures)
+
 from lm_eval_promptopt.optimizers.greater import Greater, GreaterConfig, Search
 from lm_eval_promptopt.optimizers.greater.diagnosis import diagnose, ranks, spearman
-from test_greater import TASK, lm, make_problem, tasks  # noqa: F401  (module fixtures)
 
 
 def test_ranks_share_ties_and_spearman_matches_the_textbook_formula():
@@ -68,6 +68,8 @@ def test_each_step_records_the_harness_train_score_and_the_gold_share(lm, tasks,
     # the random tiny model never reaches the gold after the paper's frame: the warning says so
     assert diagnosis["gold_near_zero"] == 1.0 and "try extractor=task" in capsys.readouterr().out
 
-    plain = Greater(GreaterConfig(steps=1, max_reasoning_tokens=5, batch_size=6)).optimize(make_problem(lm, tasks[TASK]))
+    plain = Greater(GreaterConfig(steps=1, max_reasoning_tokens=5, batch_size=6)).optimize(
+        make_problem(lm, tasks[TASK])
+    )
     assert all("harness_train_score" not in s for s in plain.details["steps"])
     assert json.dumps(plain.details["diagnosis"])  # plain JSON for the results section

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
-
-from conftest import SHARED_DATA, needs_shared_data
-from lm_eval_promptopt.optimizers.greater import GreaterConfig, Search
-from lm_eval_promptopt.harness.setup import apply_task_overrides
 from support.testbed import build_tiny_model
 from test_greater import make_problem
+
+from lm_eval_promptopt.harness.setup import apply_task_overrides
+from lm_eval_promptopt.optimizers.greater import GreaterConfig, Search
+
 
 pytestmark = needs_shared_data
 TASK = "bbh_cot_zeroshot_boolean_expressions"
@@ -31,7 +32,9 @@ def wordlevel_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def metaspace_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SentencePiece-style (metaspace, byte fallback), with a template that rejects the system role."""
-    return build_tiny_model(tmp_path_factory.mktemp("metaspace"), tokenizer="metaspace", system_role=False, data_dir=SHARED_DATA)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("metaspace"), tokenizer="metaspace", system_role=False, data_dir=SHARED_DATA
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +64,21 @@ def test_reasoning_is_what_lm_evals_generate_until_returns(tiny_model: Path, tas
     stop = lm.tok_decode(free[3:5])  # a stop sequence the model writes early: generation must end before it
     opt.engine.until = [stop, *opt.engine.until]
     ours = lm.tok_decode(opt.engine.generate([ids])[0])
-    request = Instance("generate_until", {}, (lm.tok_decode(ids, skip_special_tokens=False), {"until": [stop], "max_gen_toks": 8, "do_sample": False}), 0)
+    request = Instance(
+        "generate_until",
+        {},
+        (lm.tok_decode(ids, skip_special_tokens=False), {"until": [stop], "max_gen_toks": 8, "do_sample": False}),
+        0,
+    )
     (harness,) = lm.generate_until([request])
     # lm-eval cuts the text where the stop begins; the ids can only be cut before the token that
     # completes it, so ours may end in the stop's first part, never in the whole
-    assert stop not in ours and ours.startswith(harness) and stop.startswith(ours[len(harness) :]) and len(ours) - len(harness) < len(stop)
+    assert (
+        stop not in ours
+        and ours.startswith(harness)
+        and stop.startswith(ours[len(harness) :])
+        and len(ours) - len(harness) < len(stop)
+    )
 
 
 def test_candidates_are_checked_for_re_encoding_inside_the_rendered_prompt(tiny_model: Path, task):

@@ -31,6 +31,7 @@ from lm_eval_promptopt.optimizers.greater import search as greater_search
 from lm_eval_promptopt.optimizers.greater.config import TOP_KEPT
 from lm_eval_promptopt.options import RunOptions
 
+
 START = "Use please answer the question."
 STEPS = 11
 KEPT = 2
@@ -85,7 +86,9 @@ def problem_for(lm: HFLM, task: Any, name: str, start: str = START) -> Problem:
     return Problem(name, lm, plan, objective, start, 0)
 
 
-def search_and_reference(lm: HFLM, task: Any, name: str, stops: list[str], start: str = START, steps: int = STEPS, **config: Any) -> Run:
+def search_and_reference(
+    lm: HFLM, task: Any, name: str, stops: list[str], start: str = START, steps: int = STEPS, **config: Any
+) -> Run:
     """The search's run, and the reference's steps from the same start with the task's `stops`."""
     cfg = GreaterConfig(steps=steps, **config)
     result = Greater(cfg).optimize(problem_for(lm, task, name, start))
@@ -118,21 +121,28 @@ def stopped(planted_lm: HFLM, tmp_path_factory: pytest.TempPathFactory) -> Run:
     folder = tmp_path_factory.mktemp("stop_task")
     (folder / "planted_largest_stop.yaml").write_text(STOP_TASK.format(planted=planted.TASK_DIR), encoding="utf-8")
     task = load(folder, "planted_largest_stop")
-    return search_and_reference(planted_lm, task, "planted_largest_stop", [" take", "<|end|>"], steps=8, extractor="take")
+    return search_and_reference(
+        planted_lm, task, "planted_largest_stop", [" take", "<|end|>"], steps=8, extractor="take"
+    )
 
 
 @pytest.fixture(scope="module")
 def grown(planted_lm: HFLM) -> Run:
     """planted_first from a one-word prompt: it grows by the placeholder after step 0."""
     task = load(planted.TASK_DIR, "planted_first")
-    return search_and_reference(planted_lm, task, "planted_first", ["\n", "<|end|>"], start="Use answer", steps=2, extractor="task")
+    return search_and_reference(
+        planted_lm, task, "planted_first", ["\n", "<|end|>"], start="Use answer", steps=2, extractor="task"
+    )
 
 
 def scored_in_gradient_order(run: Run) -> None:
     """Each step scored the prompts the reference scored, in its gradient order, and moved as it did."""
     assert len(run.steps) == len(run.chain)
     for i, (got, want) in enumerate(zip(run.steps, run.chain)):
-        assert (got["position"], got["candidates"]) == (want.pos, [run.search.tok.decode([t]) for t in want.candidates]), f"step {i}"
+        assert (got["position"], got["candidates"]) == (
+            want.pos,
+            [run.search.tok.decode([t]) for t in want.candidates],
+        ), f"step {i}"
         assert [r["instruction"] for r in got["ranked"]] == [run.text(p) for p in want.scored], f"step {i}"
         assert got["chosen"] == run.text(want.chosen), f"step {i}"
 
@@ -141,7 +151,9 @@ def criteria_match(run: Run) -> None:
     """Each scored prompt's criterion is the reference's: error over the answer tokens after its
     own regenerated reasoning, + 0.02 x prompt NLL."""
     for i, (got, want) in enumerate(zip(run.steps, run.chain)):
-        assert [r["criterion"] for r in got["ranked"]] == pytest.approx([s.criterion for s in want.scores], abs=1e-4), f"step {i}"
+        assert [r["criterion"] for r in got["ranked"]] == pytest.approx([s.criterion for s in want.scores], abs=1e-4), (
+            f"step {i}"
+        )
 
 
 # -- rule 1: the three most negative gradients ---------------------------------------------------
@@ -259,5 +271,3 @@ def test_the_reasoning_is_regenerated_after_the_prompt_grows(grown: Run):
     # checked by the work done: reusing the reasoning from before the placeholder saves those rows.
     assert run.steps[1]["counters"]["generations"] == len(after.reasoning) * (1 + len(run.steps[1]["ranked"]))
     scored_in_gradient_order(run)
-
-

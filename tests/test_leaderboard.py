@@ -17,6 +17,7 @@ from lm_eval_promptopt.cli import main
 from lm_eval_promptopt.report.leaderboard import leaderboard, render, scores_table
 from lm_eval_promptopt.report.leaderboard_html import chart_points
 
+
 pytestmark = pytest.mark.xdist_group("ci_run")  # one worker builds the shared CI run
 
 PLANTED_TASKS = str(REPO / "task_configs" / "planted")
@@ -30,7 +31,18 @@ def runs(ci_run: dict, tiny_model: Path, tmp_path_factory: pytest.TempPathFactor
     seed that picks a wrong keyword (keep_initial=false): a mixed split plan and a regression."""
     root = tmp_path_factory.mktemp("leaderboard")
     planted_model = ci_run["models"][0]
-    common = ["--device", "cpu", "--batch_size", "32", "--include_path", PLANTED_TASKS, "--tasks", CI_TASK, "--limit", "10"]
+    common = [
+        "--device",
+        "cpu",
+        "--batch_size",
+        "32",
+        "--include_path",
+        PLANTED_TASKS,
+        "--tasks",
+        CI_TASK,
+        "--limit",
+        "10",
+    ]
     wrong = "instruction=Please find the largest one.,candidates=Please find the smallest one.,keep_initial=false,seed=1,train_size=0,dev_size=10,compare_baseline=true"
     commands = [
         ["--model", "hf", "--model_args", f"pretrained={tiny_model}", *common, "--output_path", str(root / "plain")],
@@ -69,10 +81,14 @@ def test_cells_are_the_results_jsons_numbers(runs: dict[str, Path]):
             assert cell.docs == (40 if name == "planted" else 10)
         assert row.cells[CI_TASK].instruction == data["prompt_optimization"]["tasks"][CI_TASK]["final_instruction"]
     planted_row = next(r for r in board.rows if "planted-v1" in r.model)
-    assert planted_row.cells[CI_TASK].score >= 0.9 and planted_row.cells[CI_TASK].baseline <= 0.6, "the planted keyword wins"
+    assert planted_row.cells[CI_TASK].score >= 0.9 and planted_row.cells[CI_TASK].baseline <= 0.6, (
+        "the planted keyword wins"
+    )
     (plain,) = results_of(runs["plain"])
     baseline_row = next(r for r in board.rows if r.optimizer == "baseline")
-    assert baseline_row.cells[CI_TASK].score == baseline_row.cells[CI_TASK].baseline == plain["results"][CI_TASK][METRIC]
+    assert (
+        baseline_row.cells[CI_TASK].score == baseline_row.cells[CI_TASK].baseline == plain["results"][CI_TASK][METRIC]
+    )
     assert baseline_row.cells[CI_TASK].delta is None and "planted" not in baseline_row.cells
 
 
@@ -100,8 +116,12 @@ def test_markdown_csv_and_json(runs: dict[str, Path], capsys):
     data = json.loads(out.read_text())
     assert code == 0 and "2 rows x 5 columns" in err
     assert data["columns"] == [*CI_TASKS, "planted"] and data["groups"] == ["planted"] and data["flags"] == []
-    assert {row["optimizer"] for row in data["rows"]} == {"candidates"} and all(r["sources"] == {"search": 4} for r in data["rows"])
-    assert all(row["cells"][CI_TASK]["score"] == board.rows[i].cells[CI_TASK].score for i, row in enumerate(data["rows"]))
+    assert {row["optimizer"] for row in data["rows"]} == {"candidates"} and all(
+        r["sources"] == {"search": 4} for r in data["rows"]
+    )
+    assert all(
+        row["cells"][CI_TASK]["score"] == board.rows[i].cells[CI_TASK].score for i, row in enumerate(data["rows"])
+    )
 
 
 def test_runs_under_other_plans_seeds_or_metrics_are_flagged(runs: dict[str, Path], capsys):
@@ -109,7 +129,9 @@ def test_runs_under_other_plans_seeds_or_metrics_are_flagged(runs: dict[str, Pat
     assert code == 0, "flags alone do not fail"
     board = leaderboard([runs["ci"], runs["plain"], runs["regressed"]])
     assert board.mixed[CI_TASK] == ["split plan", "seeds"] and len(board.rows) == 4
-    assert f"| {CI_TASK} ⚠ |" in squeezed(md.splitlines()[0]) and "| planted_first |" in squeezed(md.splitlines()[0]), "only the mixed column"
+    assert f"| {CI_TASK} ⚠ |" in squeezed(md.splitlines()[0]) and "| planted_first |" in squeezed(md.splitlines()[0]), (
+        "only the mixed column"
+    )
     flags = [line for line in md.splitlines() if line.startswith(f"- {CI_TASK}: rows differ in split plan")]
     assert len(flags) == 1 and "seed=1" in flags[0] and "/ baseline" in flags[0]
     assert "flag:" in err
@@ -217,8 +239,12 @@ def test_html_page_is_self_contained_with_table_and_chart(page: Path, runs: dict
     for label, baseline, optimized in points:
         assert (label, "baseline", round(baseline, 6)) in bars
         assert optimized is None or (label, "optimized", round(optimized, 6)) in bars
-    ci_row = next(r for r in board.rows if "planted-v1" in r.model and r.settings.startswith("candidates=Please answer the"))
-    assert dict((p[0], p[2]) for p in points)[ci_row.label] == pytest.approx(sum(ci_row.cells[t].score for t in CI_TASKS) / 4)
+    ci_row = next(
+        r for r in board.rows if "planted-v1" in r.model and r.settings.startswith("candidates=Please answer the")
+    )
+    assert dict((p[0], p[2]) for p in points)[ci_row.label] == pytest.approx(
+        sum(ci_row.cells[t].score for t in CI_TASKS) / 4
+    )
     assert parsed.scripts == 1 and "rows differ in split plan" in page.read_text()
 
 
@@ -249,7 +275,11 @@ def test_html_page_renders_in_a_headless_browser(page: Path, runs: dict[str, Pat
         assert drawn and all(b.size["width"] > 1 and b.size["height"] > 1 for b in drawn)
         column = 6  # planted_largest, which every row has: click sorts descending by score, again ascending
         header = driver.find_elements("css selector", "#leaderboard th")[column]
-        values = lambda: [float(td.get_attribute("data-value")) for td in driver.find_elements("css selector", f"#leaderboard tbody td:nth-child({column + 1})")]  # noqa: E731
+
+        def values() -> list[float]:
+            cells = driver.find_elements("css selector", f"#leaderboard tbody td:nth-child({column + 1})")
+            return [float(td.get_attribute("data-value")) for td in cells]
+
         header.click()
         assert values() == sorted(values(), reverse=True)
         header.click()

@@ -11,6 +11,7 @@ import pytest
 
 from lm_eval_promptopt.harness import lm_eval_compat
 
+
 PACKAGE = Path(lm_eval_compat.__file__).resolve().parents[1]
 
 
@@ -30,7 +31,9 @@ def test_a_missing_touchpoint_is_named(monkeypatch: pytest.MonkeyPatch):
 def test_no_private_lm_eval_name_outside_the_compat_room():
     """Private lm-eval modules (`lm_eval._cli`, `lm_eval.tasks._index`) and the private attributes
     the room wraps are named in `harness/lm_eval_compat.py` only."""
-    private = re.compile(r"lm_eval(\.\w+)*\._[a-z]|\._get_model_name|\._rank\b|\._world_size\b|sampler\.sample|build_all_requests\s*=|get_git_commit_hash\s*=|Tasks not found")
+    private = re.compile(
+        r"lm_eval(\.\w+)*\._[a-z]|\._get_model_name|\._rank\b|\._world_size\b|sampler\.sample|build_all_requests\s*=|get_git_commit_hash\s*=|Tasks not found"
+    )
     found = [
         f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
         for path in sorted(PACKAGE.rglob("*.py"))

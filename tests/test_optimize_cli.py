@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval, squeezed
+
 
 pytestmark = needs_shared_data
 
@@ -28,11 +28,19 @@ def bbh_run(local_tasks: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     out = tmp_path_factory.mktemp("bbh_run")
     proc = run_lm_eval(
         [
-            "--model", "oracle", "--include_path", str(local_tasks),
-            "--tasks", "bbh_cot_zeroshot_boolean_expressions,bbh_cot_zeroshot_snarks",
-            "--optimize", "candidates",
-            "--optimize_args", "candidates=Be quick.|Focus on boolean_expressions.|Focus on snarks.,compare_baseline=true",
-            "--log_samples", "--output_path", str(out),
+            "--model",
+            "oracle",
+            "--include_path",
+            str(local_tasks),
+            "--tasks",
+            "bbh_cot_zeroshot_boolean_expressions,bbh_cot_zeroshot_snarks",
+            "--optimize",
+            "candidates",
+            "--optimize_args",
+            "candidates=Be quick.|Focus on boolean_expressions.|Focus on snarks.,compare_baseline=true",
+            "--log_samples",
+            "--output_path",
+            str(out),
         ],
         entry="oracle_cli",
     )
@@ -64,7 +72,10 @@ def test_trajectory_lists_every_candidate_with_its_dev_score(bbh_run):
 
 def test_splits_are_recorded_disjoint_and_only_held_out_is_evaluated(bbh_run):
     results, _, out = bbh_run
-    for name, n, train, dev in [("bbh_cot_zeroshot_boolean_expressions", 250, 50, 100), ("bbh_cot_zeroshot_snarks", 178, 39, 79)]:
+    for name, n, train, dev in [
+        ("bbh_cot_zeroshot_boolean_expressions", 250, 50, 100),
+        ("bbh_cot_zeroshot_snarks", 178, 39, 79),
+    ]:
         plan = results["prompt_optimization"]["tasks"][name]["plan"]
         tr, dv, ho = (set(plan[k]["indices"]) for k in ("train", "dev", "heldout"))
         assert (len(tr), len(dv), len(ho)) == (train, dev, n - train - dev)
@@ -80,8 +91,11 @@ def test_baseline_comparison_is_printed_and_saved(bbh_run):
     results, stdout, _ = bbh_run
     rows = {r["name"]: r for r in results["prompt_optimization"]["baseline_vs_optimized"]}
     assert rows["bbh_cot_zeroshot_snarks"] == {
-        "name": "bbh_cot_zeroshot_snarks", "metric": "exact_match,flexible-extract",
-        "baseline": 0.0, "optimized": 1.0, "delta": 1.0,
+        "name": "bbh_cot_zeroshot_snarks",
+        "metric": "exact_match,flexible-extract",
+        "baseline": 0.0,
+        "optimized": 1.0,
+        "delta": 1.0,
     }
     assert "| bbh_cot_zeroshot_snarks | exact_match,flexible-extract | 0.0000 | 1.0000 | +1.0000 |" in squeezed(stdout)
     run_dir = Path(results["prompt_optimization"]["run_dir"])
@@ -155,10 +169,27 @@ def test_folio_found_automatically_via_companion_command(tiny_model: Path, tmp_p
     """`lm-eval-promptopt run` with a real HF model, a chat template and our FOLIO configs (no --include_path)."""
     run_lm_eval(
         [
-            "run", "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
-            "--tasks", "folio", "--apply_chat_template",
-            "--optimize", "none", "--optimize_args", "instruction=Be logical.,train_size=2,dev_size=3",
-            "--limit", "2", "--gen_kwargs", "max_gen_toks=4", "--log_samples", "--output_path", str(tmp_path),
+            "run",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tiny_model}",
+            "--device",
+            "cpu",
+            "--tasks",
+            "folio",
+            "--apply_chat_template",
+            "--optimize",
+            "none",
+            "--optimize_args",
+            "instruction=Be logical.,train_size=2,dev_size=3",
+            "--limit",
+            "2",
+            "--gen_kwargs",
+            "max_gen_toks=4",
+            "--log_samples",
+            "--output_path",
+            str(tmp_path),
         ],
         entry="lm-eval-promptopt",
         FOLIO_DATA_DIR=str(SHARED_DATA / "folio"),
@@ -169,7 +200,9 @@ def test_folio_found_automatically_via_companion_command(tiny_model: Path, tmp_p
     for name, task in tasks.items():
         assert task["placement"] == "system_message" and task["final_instruction"] == "Be logical."
         assert task["plan"]["train"]["split"] == "train" and task["plan"]["heldout"]["split"] == "validation"
-        assert task["plan"]["heldout"]["planned_size"] == 204 and len(task["plan"]["heldout"]["indices"]) == 2  # --limit 2
+        assert (
+            task["plan"]["heldout"]["planned_size"] == 204 and len(task["plan"]["heldout"]["indices"]) == 2
+        )  # --limit 2
         assert results["n-samples"][name]["effective"] == 2
         prompt = samples_of(tmp_path, name)[0]["arguments"]["gen_args_0"]["arg_0"]
         assert prompt.startswith("<|system|>\nBe logical.<|end|>\n<|user|>\nPremises:")
@@ -180,10 +213,26 @@ def test_real_model_through_the_lm_eval_console_script(tiny_model: Path, local_t
     tasks = ["bbh_cot_zeroshot_boolean_expressions", "mmlu_anatomy", "gsm8k_cot_zeroshot"]
     proc = run_lm_eval(
         [
-            "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
-            "--include_path", str(local_tasks), "--tasks", ",".join(tasks),
-            "--optimize", "candidates", "--optimize_args", "candidates=Be brief.|Be careful.,train_size=2,dev_size=3",
-            "--limit", "3", "--gen_kwargs", "max_gen_toks=8", "--output_path", str(tmp_path),
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tiny_model}",
+            "--device",
+            "cpu",
+            "--include_path",
+            str(local_tasks),
+            "--tasks",
+            ",".join(tasks),
+            "--optimize",
+            "candidates",
+            "--optimize_args",
+            "candidates=Be brief.|Be careful.,train_size=2,dev_size=3",
+            "--limit",
+            "3",
+            "--gen_kwargs",
+            "max_gen_toks=8",
+            "--output_path",
+            str(tmp_path),
         ]
     )
     results = load_results(tmp_path)

@@ -10,7 +10,10 @@ from lm_eval_promptopt.options import RunOptions, parse_optimize_args, split_pai
 
 
 def test_split_pairs_respects_quotes_and_json():
-    assert split_pairs('instruction="Think, then answer.",seed=2') == {"instruction": "Think, then answer.", "seed": "2"}
+    assert split_pairs('instruction="Think, then answer.",seed=2') == {
+        "instruction": "Think, then answer.",
+        "seed": "2",
+    }
     assert split_pairs("a='x,y', b=3") == {"a": "x,y", "b": "3"}
     assert split_pairs('{"seed": 4, "instruction": "Hi, there"}') == {"seed": 4, "instruction": "Hi, there"}
     assert split_pairs("") == {}
@@ -32,7 +35,9 @@ def test_split_pairs_errors(text, message):
 
 
 def test_values_are_typed_and_split_between_run_and_optimizer():
-    options, config = parse_optimize_args("seed=3,compare_baseline=yes,train_size=none,candidates=A|B", "candidates", CandidatesConfig)
+    options, config = parse_optimize_args(
+        "seed=3,compare_baseline=yes,train_size=none,candidates=A|B", "candidates", CandidatesConfig
+    )
     assert options == RunOptions(seed=3, compare_baseline=True)
     assert config.instructions() == ["A", "B"]
 
@@ -59,9 +64,15 @@ def test_bad_values_name_the_key(text, message):
 def test_json_values_keep_their_type():
     """A JSON list is the candidate list (never its text as one candidate); a number is not an
     instruction; every JSON value is checked against its field's type."""
-    _, config = parse_optimize_args('{"candidates": ["Please answer.", "Find the largest one."]}', "candidates", CandidatesConfig)
+    _, config = parse_optimize_args(
+        '{"candidates": ["Please answer.", "Find the largest one."]}', "candidates", CandidatesConfig
+    )
     assert config.instructions() == ["Please answer.", "Find the largest one."]
-    options, _ = parse_optimize_args('{"candidates": "A", "time_limit": 5, "compare_baseline": true, "train_size": null}', "candidates", CandidatesConfig)
+    options, _ = parse_optimize_args(
+        '{"candidates": "A", "time_limit": 5, "compare_baseline": true, "train_size": null}',
+        "candidates",
+        CandidatesConfig,
+    )
     assert options == RunOptions(time_limit=5.0, compare_baseline=True)
 
 

@@ -15,6 +15,7 @@ from test_gpo import Background
 
 from lm_eval_promptopt.report.run_report import PER_TASK_INSTRUCTIONS
 
+
 pytestmark = needs_shared_data
 BBH, NAVIGATE = "bbh_cot_zeroshot_boolean_expressions", "bbh_cot_zeroshot_navigate"
 FOCUS = "Focus on boolean_expressions."
@@ -33,15 +34,29 @@ def runs(local_tasks: Path, tmp_path_factory: pytest.TempPathFactory):
     try:
         started = {
             "searched": Background(
-                [*common, "--tasks", f"{BBH},{NAVIGATE}", "--optimize", "candidates", "--optimize_cache", str(cache),
-                 "--optimize_args", f"candidates={FOCUS}|Focus on navigate.,train_size=0,dev_size=4"],
-                tmp_path_factory.mktemp("hygiene_searched"), entry="oracle_cli",
-            ),  # fmt: skip
+                [
+                    *common,
+                    "--tasks",
+                    f"{BBH},{NAVIGATE}",
+                    "--optimize",
+                    "candidates",
+                    "--optimize_cache",
+                    str(cache),
+                    "--optimize_args",
+                    f"candidates={FOCUS}|Focus on navigate.,train_size=0,dev_size=4",
+                ],
+                tmp_path_factory.mktemp("hygiene_searched"),
+                entry="oracle_cli",
+            ),
             "given": Background(
-                [*common, "--tasks", BBH, "--optimized_prompts", str(prompts)], tmp_path_factory.mktemp("hygiene_given"), entry="oracle_cli"
+                [*common, "--tasks", BBH, "--optimized_prompts", str(prompts)],
+                tmp_path_factory.mktemp("hygiene_given"),
+                entry="oracle_cli",
             ),
             "warnings_only": Background(
-                [*common, "--tasks", BBH, "--optimized_prompts", str(prompts)], tmp_path_factory.mktemp("hygiene_quiet"), entry="oracle_cli",
+                [*common, "--tasks", BBH, "--optimized_prompts", str(prompts)],
+                tmp_path_factory.mktemp("hygiene_quiet"),
+                entry="oracle_cli",
                 LMEVAL_LOG_LEVEL="WARNING",
             ),
         }
@@ -73,7 +88,10 @@ def test_files_follow_the_umask_and_results_land_beside_the_run_folder(runs):
     assert results_file.parent == run_dir_of(out).parent == out / "oracle"
     results = load_results(out)
     section = results["prompt_optimization"]
-    assert {t: o["final_instruction"] for t, o in section["tasks"].items()} == {BBH: FOCUS, NAVIGATE: "Focus on navigate."}
+    assert {t: o["final_instruction"] for t, o in section["tasks"].items()} == {
+        BBH: FOCUS,
+        NAVIGATE: "Focus on navigate.",
+    }
     assert results["system_instruction"] == PER_TASK_INSTRUCTIONS and results["system_instruction_sha"] is None
     assert results["model_name"] == "oracle"
 
@@ -92,7 +110,10 @@ def test_given_prompts_for_other_tasks_are_named_and_no_empty_plot(runs):
     assert (run_dir / "optimized_prompts.json").is_file() and not (run_dir / "dev_scores.png").exists()
     assert "dev_scores.png" not in proc.stdout
     quiet = runs["warnings_only"].result()  # our notes follow lm-eval's log level; the summary still prints
-    assert "ignoring the instructions" not in quiet.stdout + quiet.stderr and "prompt optimization outputs:" in quiet.stdout
+    assert (
+        "ignoring the instructions" not in quiet.stdout + quiet.stderr
+        and "prompt optimization outputs:" in quiet.stdout
+    )
     results = load_results(runs["given"].out)
     assert results["system_instruction"] == FOCUS and results["system_instruction_sha"]  # the one instruction used
     assert results["results"][BBH]["exact_match,flexible-extract"] == 1.0

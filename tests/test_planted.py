@@ -20,6 +20,7 @@ from scripted_server import ScriptedServer, current_and_budget
 from benchmarks import planted
 from benchmarks.planted import KEYWORDS, NEUTRAL_INSTRUCTIONS, OPS, TASK_DIR
 
+
 NEUTRAL = NEUTRAL_INSTRUCTIONS[1]
 
 
@@ -76,12 +77,16 @@ def test_instructions_and_hidden_op():
 def test_training_shows_a_progress_bar_and_keeps_what_is_trained(tmp_path: Path, monkeypatch, capfd):
     """The first demo run trains for minutes: a tqdm bar with its estimate shows it (3 steps here).
     The settings hash (settings and training code) is the released model's: same weights."""
-    assert planted.settings_hash() == "05221c30ee"  # 97d702d46e before the shared padding and model builders: byte-identical weights
+    assert (
+        planted.settings_hash() == "05221c30ee"
+    )  # 97d702d46e before the shared padding and model builders: byte-identical weights
     monkeypatch.setitem(planted.TRAIN_CONFIG, "steps", 3)
     monkeypatch.setitem(planted.TRAIN_CONFIG, "batch_size", 4)
     path = planted.planted_model(tmp_path)
     err = capfd.readouterr().err
-    assert "training the planted model once, then cached (2 min on 2 idle cores; an hour or more on a busy machine)" in err
+    assert (
+        "training the planted model once, then cached (2 min on 2 idle cores; an hour or more on a busy machine)" in err
+    )
     assert "3/3" in err and (path / "config.json").is_file()
 
 
@@ -243,7 +248,9 @@ def test_gpo_optimizer_model_self_runs_end_to_end_on_the_planted_model(planted_d
     so this only checks that the run completes and records its outcome (no efficacy claim).
     max_tokens stays small: the model's context is 512 tokens (GPO's default 512 leaves no room)."""
     task = "planted_smallest"
-    settings = f"optimizer_model=self,retrieval=recency,instruction={NEUTRAL},train_size=8,dev_size=8,epochs=1,samples=2"
+    settings = (
+        f"optimizer_model=self,retrieval=recency,instruction={NEUTRAL},train_size=8,dev_size=8,epochs=1,samples=2"
+    )
     run_lm_eval(
         [
             "--model", "hf", "--model_args", f"pretrained={planted_dir}", "--device", "cpu", "--batch_size", "32",

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import needs_shared_data
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
-from conftest import needs_shared_data
 from lm_eval_promptopt.harness.prompting import Placement, detect_placement, merge_system_into_first_user_turn, render
+
 
 pytestmark = needs_shared_data
 INSTRUCTION = "Read twice, answer once."
@@ -73,11 +74,23 @@ def test_template_without_system_role_moves_instruction_into_first_user_turn(tas
     assert placement.name == "first_user_turn"
     rendered = render(task, doc, INSTRUCTION, placement, model, True)
     assert rendered.text.startswith(f"<|user|>\n{INSTRUCTION}\n\nGiven a series of navigation instructions")
-    assert rendered.text.count("<|user|>") == 1 and rendered.span == (len("<|user|>\n"), len("<|user|>\n") + len(INSTRUCTION))
+    assert rendered.text.count("<|user|>") == 1 and rendered.span == (
+        len("<|user|>\n"),
+        len("<|user|>\n") + len(INSTRUCTION),
+    )
 
 
 def test_merge_keeps_later_turns():
     merged = merge_system_into_first_user_turn(
-        [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "U2"}]
+        [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "U1"},
+            {"role": "assistant", "content": "A"},
+            {"role": "user", "content": "U2"},
+        ]
     )
-    assert merged == [{"role": "user", "content": "S\n\nU1"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "U2"}]
+    assert merged == [
+        {"role": "user", "content": "S\n\nU1"},
+        {"role": "assistant", "content": "A"},
+        {"role": "user", "content": "U2"},
+    ]

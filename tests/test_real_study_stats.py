@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from real_study_page import mcnemar, paired_bootstrap, wilson  # noqa: E402
 

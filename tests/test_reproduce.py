@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+
 SCRIPT = REPO / "scripts" / "reproduce.py"
 
 
 def dry_run(*args: str) -> str:
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args, "--dry-run"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--dry-run"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -46,7 +49,15 @@ def greater_output() -> str:
 
 @pytest.fixture(scope="module")
 def gpo_output() -> str:
-    return dry_run("gpo", "--table", "5", "--optimizer-model", "Qwen/Qwen2.5-7B-Instruct", "--optimizer-base-url", "http://localhost:8000/v1")
+    return dry_run(
+        "gpo",
+        "--table",
+        "5",
+        "--optimizer-model",
+        "Qwen/Qwen2.5-7B-Instruct",
+        "--optimizer-base-url",
+        "http://localhost:8000/v1",
+    )
 
 
 def test_greater_table_1_commands(greater_output: str, monkeypatch: pytest.MonkeyPatch):
@@ -63,11 +74,20 @@ def test_greater_table_1_commands(greater_output: str, monkeypatch: pytest.Monke
             assert config.steps == 125 and (config.topk, config.topq) == (5, 3)
         else:
             assert args.optimize == "none" and options.split == "greater"
-        assert tasks in (["gsm8k_cot_zeroshot"], ["folio_cot_zeroshot"]) or (len(tasks) == 21 and all(t.startswith("bbh_cot_zeroshot_") for t in tasks))
+        assert tasks in (["gsm8k_cot_zeroshot"], ["folio_cot_zeroshot"]) or (
+            len(tasks) == 21 and all(t.startswith("bbh_cot_zeroshot_") for t in tasks)
+        )
     assert {m for m, _, _ in seen} == {"meta-llama/Meta-Llama-3-8B-Instruct", "google/gemma-2-9b-it"}
-    assert "bbh_cot_zeroshot_word_sorting" not in greater_output and "bbh_cot_zeroshot_dyck_languages" not in greater_output
+    assert (
+        "bbh_cot_zeroshot_word_sorting" not in greater_output
+        and "bbh_cot_zeroshot_dyck_languages" not in greater_output
+    )
     # projected cost and expected wall time per command, and the paper's numbers
-    assert greater_output.count("expected wall time") == 12 and "expected search wall time" in greater_output and "h per task" in greater_output
+    assert (
+        greater_output.count("expected wall time") == 12
+        and "expected search wall time" in greater_output
+        and "h per task" in greater_output
+    )
     for number in ("68.70", "62.20", "76.60", "71.70", "82.60", "89.40", "62.60", "69.10"):
         assert f"| {number} |" in greater_output, number
 
@@ -78,9 +98,15 @@ def test_gpo_table_5_commands(gpo_output: str, monkeypatch: pytest.MonkeyPatch):
     tasks = []
     for argv in argvs:
         args, options, config = parse(argv, monkeypatch)
-        assert args.model_args == {"pretrained": "meta-llama/Llama-2-7b-chat-hf", "dtype": "bfloat16"} and args.optimize == "gpo"
+        assert (
+            args.model_args == {"pretrained": "meta-llama/Llama-2-7b-chat-hf", "dtype": "bfloat16"}
+            and args.optimize == "gpo"
+        )
         assert options.split == "paper" and options.compare_baseline
-        assert config.optimizer_model == "Qwen/Qwen2.5-7B-Instruct" and config.optimizer_base_url == "http://localhost:8000/v1"
+        assert (
+            config.optimizer_model == "Qwen/Qwen2.5-7B-Instruct"
+            and config.optimizer_base_url == "http://localhost:8000/v1"
+        )
         tasks += args.tasks
     assert tasks == ["bbh_cot_zeroshot", "gsm8k_cot_zeroshot", "mmlu"]
     for number in ("35.43", "29.91", "28.33", "24.00", "39.14", "36.36", "46.61"):
@@ -90,7 +116,9 @@ def test_gpo_table_5_commands(gpo_output: str, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_other_tables_are_refused():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "greater", "--table", "3", "--dry-run"], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "greater", "--table", "3", "--dry-run"], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode != 0 and "Table 1" in proc.stderr
 
 
@@ -108,11 +136,16 @@ def test_compare_reads_results_under_out(tmp_path: Path):
             section = {"optimizer": "greater", "optimizer_config": {}, "options": {}, "seeds": {}, "tasks": {
                 "gsm8k_cot_zeroshot": {"metric": "exact_match,flexible-extract", "plan": {}, "final_instruction": "Use x.", "source": "search"}},
                 "baseline_vs_optimized": [{"name": "gsm8k_cot_zeroshot", "metric": "exact_match,flexible-extract", "baseline": base, "optimized": score, "delta": score - base}]}  # fmt: skip
-        data = {"model_name": "meta-llama/Meta-Llama-3-8B-Instruct", "results": {"gsm8k_cot_zeroshot": {"exact_match,flexible-extract": score}}}
+        data = {
+            "model_name": "meta-llama/Meta-Llama-3-8B-Instruct",
+            "results": {"gsm8k_cot_zeroshot": {"exact_match,flexible-extract": score}},
+        }
         if section:
             data["prompt_optimization"] = section
         (out / kind).mkdir(parents=True)
         (out / kind / "results_x.json").write_text(json.dumps(data))
-    table = reproduce.compare("greater", reproduce.jobs("greater", 1, reproduce.argparse.Namespace(out=str(tmp_path), seeds="0")))
+    table = reproduce.compare(
+        "greater", reproduce.jobs("greater", 1, reproduce.argparse.Namespace(out=str(tmp_path), seeds="0"))
+    )
     row = next(line for line in table.splitlines() if "Meta-Llama-3-8B-Instruct | GSM8K" in line)
     assert row.rstrip(" |").split(" | ")[2:7] == ["82.60", "83.00", "79.60", "80.00", "+3.00"]

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import OFFLINE, load_results, lm_eval_command, needs_shared_data, run_lm_eval, squeezed
+from conftest import OFFLINE, lm_eval_command, load_results, needs_shared_data, run_lm_eval, squeezed
 from scripted_server import ScriptedServer, edit_toward
+
 
 pytestmark = needs_shared_data
 BBH = "bbh_cot_zeroshot_boolean_expressions"
@@ -69,7 +69,9 @@ def paid_calls(out: Path) -> list[dict]:
 def test_gpo_killed_mid_search_resumes_and_ends_with_the_same_instruction(local_tasks: Path, tmp_path: Path):
     env = {"OPENAI_API_KEY": "sk-test"}
     with ScriptedServer(slow(edit_toward(TARGET), 0.15)) as server:
-        run_lm_eval([*gpo_args(local_tasks, server.url), "--output_path", str(tmp_path / "whole")], entry="oracle_cli", **env)
+        run_lm_eval(
+            [*gpo_args(local_tasks, server.url), "--output_path", str(tmp_path / "whole")], entry="oracle_cli", **env
+        )
         whole = load_results(tmp_path / "whole")["prompt_optimization"]["tasks"][BBH]
         whole_requests = len(server.requests)
         server.requests.clear()
@@ -78,8 +80,14 @@ def test_gpo_killed_mid_search_resumes_and_ends_with_the_same_instruction(local_
             env["LM_EVAL_PROMPTOPT_CACHE"] = cache
             kill_after_step(gpo_args(local_tasks, server.url), tmp_path / "killed", BBH, 2, "oracle_cli", env)
             killed_state = state_of(tmp_path / "killed", BBH)
-            assert 2 <= killed_state["steps_done"] < 6 and not glob.glob(str(tmp_path / "killed" / "**" / "results_*.json"), recursive=True)
-            proc = run_lm_eval([*gpo_args(local_tasks, server.url), "--output_path", str(tmp_path / "killed")], entry="oracle_cli", **env)
+            assert 2 <= killed_state["steps_done"] < 6 and not glob.glob(
+                str(tmp_path / "killed" / "**" / "results_*.json"), recursive=True
+            )
+            proc = run_lm_eval(
+                [*gpo_args(local_tasks, server.url), "--output_path", str(tmp_path / "killed")],
+                entry="oracle_cli",
+                **env,
+            )
         resumed = load_results(tmp_path / "killed")["prompt_optimization"]["tasks"][BBH]
 
     print(proc.stdout)  # the resumed-run transcript
@@ -95,7 +103,9 @@ def test_gpo_killed_mid_search_resumes_and_ends_with_the_same_instruction(local_
     assert len(glob.glob(str(tmp_path / "killed" / "*" / "prompt_optimization_*"))) == 1  # the same run folder
 
 
-def test_greater_killed_mid_search_resumes_and_ends_with_the_same_instruction(tiny_model: Path, local_tasks: Path, tmp_path: Path):
+def test_greater_killed_mid_search_resumes_and_ends_with_the_same_instruction(
+    tiny_model: Path, local_tasks: Path, tmp_path: Path
+):
     args = [
         "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
         "--include_path", str(local_tasks), "--tasks", BBH, "--optimize", "greater",
@@ -116,8 +126,6 @@ def test_greater_killed_mid_search_resumes_and_ends_with_the_same_instruction(ti
     assert resumed["details"]["counters"]["backward_passes"] == whole["details"]["counters"]["backward_passes"]
 
 
-
-
 @pytest.mark.parametrize(
     ("extra", "reason", "evaluations"),
     [
@@ -130,12 +138,20 @@ def test_greater_killed_mid_search_resumes_and_ends_with_the_same_instruction(ti
 def test_each_budget_stops_the_search_keeps_the_best_and_says_why(local_tasks: Path, evaluate, capsys: pytest.CaptureFixture[str],
                                                                   extra, reason, evaluations):  # fmt: skip
     candidates = "Be brief.|Focus on boolean_expressions.|Be kind.|Be calm.|Be bold."
-    results = evaluate(model="oracle", include_path=local_tasks, tasks=[BBH], optimizer="candidates", optimizer_args=f"candidates={candidates}{extra}")
+    results = evaluate(
+        model="oracle",
+        include_path=local_tasks,
+        tasks=[BBH],
+        optimizer="candidates",
+        optimizer_args=f"candidates={candidates}{extra}",
+    )
     task, stdout = results["prompt_optimization"]["tasks"][BBH], capsys.readouterr().out
     assert task["stop_reason"] == reason and task["evaluations"] == evaluations
     expected = "Be brief." if reason == "time_limit" else "Focus on boolean_expressions."
     assert task["final_instruction"] == expected
-    if not extra:  # the projected cost, printed before the search: the initial instruction and 5 candidates on 100 dev docs
+    if (
+        not extra
+    ):  # the projected cost, printed before the search: the initial instruction and 5 candidates on 100 dev docs
         table = squeezed(stdout.split("projected cost of the candidates searches", 1)[1])
         assert f"| {BBH} | 50 | 100 | 6 | 600 | 0 |" in table and "| total | | | 6 | 600 | 0 |" in table
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import evaluate_in_process, load_results, needs_shared_data, run_lm_eval
 
 from lm_eval_promptopt.errors import PromptOptError
+
 
 pytestmark = needs_shared_data
 TASK = "bbh_cot_zeroshot_boolean_expressions"
@@ -56,7 +56,9 @@ def test_cache_hit_miss_refresh_and_corruption(searched: tuple[dict, Path], loca
     assert run(local_tasks, tmp_path / "6", cache)["source"] == "cache"  # rewritten whole
 
 
-def test_optimized_prompts_transfer_to_another_model(searched: tuple[dict, Path], local_tasks: Path, tiny_model: Path, tmp_path: Path):
+def test_optimized_prompts_transfer_to_another_model(
+    searched: tuple[dict, Path], local_tasks: Path, tiny_model: Path, tmp_path: Path
+):
     """Prompts from one run (oracle) evaluated, with no search, by another model (a real HF model)."""
     first, _ = searched
     written = Path(first["trajectory_file"]).parents[1] / "optimized_prompts.json"
@@ -66,16 +68,35 @@ def test_optimized_prompts_transfer_to_another_model(searched: tuple[dict, Path]
     out = tmp_path / "transfer"
     proc = run_lm_eval(
         [
-            "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--device", "cpu",
-            "--include_path", str(local_tasks), "--tasks", TASK, "--optimized_prompts", str(prompts),
-            "--limit", "2", "--gen_kwargs", "max_gen_toks=4", "--log_samples", "--output_path", str(out),
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tiny_model}",
+            "--device",
+            "cpu",
+            "--include_path",
+            str(local_tasks),
+            "--tasks",
+            TASK,
+            "--optimized_prompts",
+            str(prompts),
+            "--limit",
+            "2",
+            "--gen_kwargs",
+            "max_gen_toks=4",
+            "--log_samples",
+            "--output_path",
+            str(out),
         ]
     )
     results = load_results(out)
     task = results["prompt_optimization"]["tasks"][TASK]
     assert task["source"] == "given" and task["final_instruction"] == "Focus on boolean_expressions."
     assert task["details"]["transfer_check"]["check"] == "unchecked"
-    assert f"{prompts} records no split plan, so whether it was optimized on this run's held-out docs cannot be checked" in proc.stdout
+    assert (
+        f"{prompts} records no split plan, so whether it was optimized on this run's held-out docs cannot be checked"
+        in proc.stdout
+    )
     assert task["evaluations"] == 0 and results["n-samples"][TASK]["effective"] == 2
     (samples,) = out.glob("*/samples_*.jsonl")
     assert json.loads(samples.read_text().splitlines()[0])["arguments"]["gen_args_0"]["arg_0"].startswith(
@@ -107,7 +128,9 @@ def test_a_failed_search_keeps_the_others(local_tasks: Path, tmp_path: Path, eva
         evaluate(**args)
     monkeypatch.delenv("FLAKY_FAIL_ON")
     assert failed.value.exit_code == 5 and "\n" not in str(failed.value)
-    assert "optimizer failed: search failed for bbh_cot_zeroshot_navigate (RuntimeError: search crashed" in str(failed.value)
+    assert "optimizer failed: search failed for bbh_cot_zeroshot_navigate (RuntimeError: search crashed" in str(
+        failed.value
+    )
     (run_dir,) = (tmp_path / "out").glob("*/prompt_optimization_*")
     assert list(json.loads((run_dir / "prompt_optimization.json").read_text())["tasks"]) == [TASK]
     assert "search crashed on bbh_cot_zeroshot_navigate" in (run_dir / "error.log").read_text()
@@ -124,7 +147,9 @@ def test_a_failed_search_keeps_the_others(local_tasks: Path, tmp_path: Path, eva
     assert f"{TASK}: reusing the cached search" in capsys.readouterr().out
 
 
-def test_budgets_and_keep_initial_are_in_the_key(searched: tuple[dict, Path], local_tasks: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_budgets_and_keep_initial_are_in_the_key(
+    searched: tuple[dict, Path], local_tasks: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     """A search cut short by max_evals is not reused by a run without the limit; keep_initial=false
     does not reuse the keep_initial=true search; a search stopped by its time limit is not cached."""
     cut = run(local_tasks, tmp_path / "1", tmp_path / "cache", ",max_evals=2")

@@ -29,12 +29,17 @@ def test_a_token_budget_is_a_stop_condition_an_optimizer_puts_first():
     at = Progress(steps=4, evaluations=5, elapsed_s=10.0, since_best=3, tokens=100)
     assert MaxTokens(100).reason(at) == "max_optimizer_tokens" and MaxTokens(101).reason(at) is None
     first = MaxTokens(100) | budget(7, 1.0, 2)
-    assert first == AnyOf((MaxTokens(100), MaxEvals(7), TimeLimit(1.0), Patience(2))) and first.reason(at) == "max_optimizer_tokens"
+    assert (
+        first == AnyOf((MaxTokens(100), MaxEvals(7), TimeLimit(1.0), Patience(2)))
+        and first.reason(at) == "max_optimizer_tokens"
+    )
     assert first.evaluations_left(5) == 2  # one flat combination: the evaluation limit is still seen
     log = RunLog(stop=Patience(1))
     log.stop_first(MaxTokens(10))
     assert log.step_done(0.5, {}, tokens=9) is None
-    assert log.step_done(0.1, {}, tokens=10) == "max_optimizer_tokens" and log.progress().tokens == 10  # patience fired too
+    assert (
+        log.step_done(0.1, {}, tokens=10) == "max_optimizer_tokens" and log.progress().tokens == 10
+    )  # patience fired too
 
 
 def test_jsonl_keeps_the_entries_before_a_torn_line(tmp_path: Path):

@@ -22,6 +22,7 @@ from lm_eval_promptopt.report.board import UNCHECKED_MARK
 from lm_eval_promptopt.report.leaderboard import leaderboard, render, scores_table
 from lm_eval_promptopt.report.run_report import dev_plot_labels
 
+
 TASKS = "planted_largest,planted_first"
 METRIC = "exact_match,get-answer"
 
@@ -29,8 +30,22 @@ METRIC = "exact_match,get-answer"
 def lm_eval(args: list[str], cwd: Path, cache: Path) -> str:
     """One real `lm_eval` run in `cwd` (not a git checkout), stdout and stderr as one stream, unbuffered:
     what a terminal shows, in order."""
-    env = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LM_EVAL_PROMPTOPT_CACHE": str(cache)}
-    proc = subprocess.run([*lm_eval_command(), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    env = {
+        **os.environ,
+        **OFFLINE,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "LM_EVAL_PROMPTOPT_CACHE": str(cache),
+    }
+    proc = subprocess.run(
+        [*lm_eval_command(), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:]
     return proc.stdout
 
@@ -52,7 +67,11 @@ def runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     copy = root / "copied" / "optimized_prompts.json"
     copy.parent.mkdir()
     shutil.copy(run_dir / "optimized_prompts.json", copy)
-    lm_eval([*common, "--limit", "5", "--optimized_prompts", str(copy), "--output_path", str(root / "given")], root, root / "cache")
+    lm_eval(
+        [*common, "--limit", "5", "--optimized_prompts", str(copy), "--output_path", str(root / "given")],
+        root,
+        root / "cache",
+    )
     return {"root": root, "first": first, "cached": cached, "results": results, "given": root / "given"}
 
 
@@ -69,15 +88,22 @@ def test_limit_is_recorded_with_the_docs_evaluated(runs: dict):
     for task in TASKS.split(","):
         heldout = data["prompt_optimization"]["tasks"][task]["plan"]["heldout"]
         assert heldout["limit"] == 0.05 and heldout["planned_size"] == 200
-        assert heldout["size"] == len(heldout["indices"]) == data["n-samples"][task]["effective"] == 10, "ceil(0.05 x 200), as lm-eval counts"
-        assert "--limit 0.05: the first 10 of its 200 held-out docs" in data["prompt_optimization"]["tasks"][task]["plan"]["rule"]
+        assert heldout["size"] == len(heldout["indices"]) == data["n-samples"][task]["effective"] == 10, (
+            "ceil(0.05 x 200), as lm-eval counts"
+        )
+        assert (
+            "--limit 0.05: the first 10 of its 200 held-out docs"
+            in data["prompt_optimization"]["tasks"][task]["plan"]["rule"]
+        )
 
 
 def test_a_plain_run_prints_no_noise(runs: dict):
     first, cached = runs["first"], runs["cached"]
     assert first.count("Custom kwargs can be passed to `--metadata`") == 1, "lm-eval's per-task hint, once (it was 6)"
     assert "fatal: not a git repository" not in first + cached
-    lines = [part for text in (first, cached) for part in re.split(r"[\r\n]", text) if "lm_eval_promptopt: planted" in part]
+    lines = [
+        part for text in (first, cached) for part in re.split(r"[\r\n]", text) if "lm_eval_promptopt: planted" in part
+    ]
     assert any("reusing the cached search" in line for line in lines)
     assert all(line.startswith("lm_eval_promptopt: ") for line in lines), "no line glued onto a progress bar"
 
@@ -93,10 +119,16 @@ def _variant(runs: dict, name: str, stderr: float | None, delta: float | None) -
     """A copy of the first run's results with planted_largest at 0.5 ± `stderr`, `delta` from its
     baseline (None: no baseline measured)."""
     data = json.loads(runs["results"].read_text())
-    data["results"] = {"planted_largest": {METRIC: 0.5, "exact_match_stderr,get-answer": "N/A" if stderr is None else stderr}}
+    data["results"] = {
+        "planted_largest": {METRIC: 0.5, "exact_match_stderr,get-answer": "N/A" if stderr is None else stderr}
+    }
     section = data["prompt_optimization"]
     section["tasks"] = {"planted_largest": section["tasks"]["planted_largest"]}
-    section["baseline_vs_optimized"] = [] if delta is None else [{"name": "planted_largest", "metric": METRIC, "baseline": 0.5 - delta, "optimized": 0.5, "delta": delta}]
+    section["baseline_vs_optimized"] = (
+        []
+        if delta is None
+        else [{"name": "planted_largest", "metric": METRIC, "baseline": 0.5 - delta, "optimized": 0.5, "delta": delta}]
+    )
     path = runs["root"] / "variants" / f"{name}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(data))
@@ -168,8 +200,13 @@ def test_prompts_copied_away_from_their_run_are_flagged(runs: dict, capsys):
 def test_dev_plot_says_what_is_plotted():
     greater = dev_plot_labels("greater")
     assert "per step" not in greater["title"] and "top-10 prompts, scored at the end" in greater["title"]
-    assert "initial instruction first" in greater["title"] and greater["xlabel"].startswith("harness evaluation on optimize-dev")
-    assert "each candidate" in dev_plot_labels("candidates")["title"] and "each step's new candidates" in dev_plot_labels("gpo")["title"]
+    assert "initial instruction first" in greater["title"] and greater["xlabel"].startswith(
+        "harness evaluation on optimize-dev"
+    )
+    assert (
+        "each candidate" in dev_plot_labels("candidates")["title"]
+        and "each step's new candidates" in dev_plot_labels("gpo")["title"]
+    )
 
 
 def test_leaderboard_chart_keeps_labels_whole_and_says_when_task_counts_differ(runs: dict):
@@ -179,7 +216,7 @@ def test_leaderboard_chart_keeps_labels_whole_and_says_when_task_counts_differ(r
     one_task.write_text(json.dumps(data))
     board = leaderboard([one_task, runs["results"]])
     page = render(board, "html")
-    svg = page[page.index('<svg id="chart"'): page.index("</svg>")]
+    svg = page[page.index('<svg id="chart"') : page.index("</svg>")]
     assert 'style="overflow: visible"' in svg.split(">")[0]
     labels = re.findall(r'<text class="label" x="(\d+)"[^>]*>([^<]*)</text>', svg)
     assert [x for x, _ in labels] == ["0", "0"], "left-aligned at the chart's edge: nothing to their left to cut"
@@ -200,4 +237,6 @@ def test_demo_names_the_plot_only_where_the_run_wrote_one(runs: dict):
     assert f"demo: optimize-dev scores plot: {searched / 'dev_scores.png'}" in demo.output_lines(searched)
     assert not (cached / "dev_scores.png").exists()
     assert not any("dev_scores.png" in line for line in demo.output_lines(cached))
-    assert any("no optimize-dev scores plot: the searches came from the cache" in line for line in demo.output_lines(cached))
+    assert any(
+        "no optimize-dev scores plot: the searches came from the cache" in line for line in demo.output_lines(cached)
+    )

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import OFFLINE, lm_eval_command, load_results, needs_shared_data, run_lm_eval
 
-from conftest import OFFLINE, load_results, lm_eval_command, needs_shared_data, run_lm_eval
 
 TASK = "bbh_cot_zeroshot_boolean_expressions"
 
@@ -34,7 +34,11 @@ def test_transfer_refuses_held_out_docs_the_source_was_optimized_on(local_tasks:
     run_lm_eval([*base, "--optimize", "none", "--optimize_args", "seed=1,train_size=60,dev_size=120",
                  "--output_path", str(tmp_path / "source")], entry="oracle_cli")  # fmt: skip
     (results,) = (tmp_path / "source").glob("*/results_*.json")
-    proc = run_lm_eval([*base, "--optimized_prompts", str(results), "--output_path", str(tmp_path / "refused")], entry="oracle_cli", check=False)
+    proc = run_lm_eval(
+        [*base, "--optimized_prompts", str(results), "--output_path", str(tmp_path / "refused")],
+        entry="oracle_cli",
+        check=False,
+    )
     line = assert_one_line_error(proc, f"{TASK}: 73 of its 100 held-out docs")
     assert "--optimize_args seed=1,train_size=60,dev_size=120" in line and "exclude_source_docs=true" in line
     (refused,) = (tmp_path / "refused").glob("*/prompt_optimization_*")
@@ -47,7 +51,10 @@ def test_transfer_refuses_held_out_docs_the_source_was_optimized_on(local_tasks:
                         "--output_path", str(out)], entry="oracle_cli")  # fmt: skip
     assert f"{TASK}: evaluating 27 held-out docs: left out the 73 that {prompts} was optimized on" in proc.stdout
     task = load_results(out)["prompt_optimization"]["tasks"][TASK]
-    assert task["details"]["transfer_check"]["check"] == "excluded" and task["details"]["transfer_check"]["excluded_docs"] == 73
+    assert (
+        task["details"]["transfer_check"]["check"] == "excluded"
+        and task["details"]["transfer_check"]["excluded_docs"] == 73
+    )
     source_plan = json.loads((prompts.parent / "prompt_optimization.json").read_text())["tasks"][TASK]["plan"]
     used = set(source_plan["train"]["indices"]) | set(source_plan["dev"]["indices"])
     heldout = task["plan"]["heldout"]  # the 27 left, of which --limit 2 evaluated the first 2
@@ -57,7 +64,10 @@ def test_transfer_refuses_held_out_docs_the_source_was_optimized_on(local_tasks:
 @pytest.mark.parametrize(
     ("setting", "needle"),
     [
-        ("greater", "GReaTer needs gradients of a local Hugging Face causal model (--model hf); got --model local-completions"),
+        (
+            "greater",
+            "GReaTer needs gradients of a local Hugging Face causal model (--model hf); got --model local-completions",
+        ),
         ("embedding", "retrieval=relevance: cannot load the embedding model"),
         ("output", "cannot write the run folder"),
         ("cache", "--optimize_cache: cannot write the instruction cache"),
@@ -111,7 +121,9 @@ class Live:
         with self.out.open("w") as out, self.err.open("w") as err:
             # Ctrl-C must reach it even when pytest runs as a background job (which starts with SIGINT ignored)
             restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-            self.proc = subprocess.Popen([*lm_eval_command("oracle_cli"), *args], stdout=out, stderr=err, env=env, preexec_fn=restore_sigint)
+            self.proc = subprocess.Popen(
+                [*lm_eval_command("oracle_cli"), *args], stdout=out, stderr=err, env=env, preexec_fn=restore_sigint
+            )
 
     def finish(self, timeout: float = 300) -> subprocess.CompletedProcess:
         try:
@@ -119,7 +131,9 @@ class Live:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.out.read_text(), self.err.read_text())
+        return subprocess.CompletedProcess(
+            self.proc.args, self.proc.returncode, self.out.read_text(), self.err.read_text()
+        )
 
 
 @needs_shared_data
@@ -146,9 +160,13 @@ def test_a_second_live_run_is_refused_ctrl_c_saves_and_resume_works(local_tasks:
         stopped = live.finish()
         assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
         (line,) = [line for line in stopped.stderr.splitlines() if line.startswith("lm_eval: interrupted")]
-        assert f"saved in {run_dir}" in line and "Resume with the same command: oracle_cli.py run --model oracle" in line
+        assert (
+            f"saved in {run_dir}" in line and "Resume with the same command: oracle_cli.py run --model oracle" in line
+        )
         assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
-        shown = subprocess.run([*lm_eval_command("lm-eval-promptopt"), "show", str(run_dir)], capture_output=True, text=True)
+        shown = subprocess.run(
+            [*lm_eval_command("lm-eval-promptopt"), "show", str(run_dir)], capture_output=True, text=True
+        )
         assert shown.returncode == 0 and shown.stdout.splitlines() == [
             f"interrupted: resume with: oracle_cli.py run {shlex.join(args)}",
             "no task's search has finished yet; each unfinished search is saved up to its last completed step",

@@ -8,12 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import OFFLINE, load_results, needs_shared_data, run_lm_eval
+
 
 pytestmark = [
     needs_shared_data,
-    pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the `accelerate` launcher (pip install accelerate)"),
+    pytest.mark.skipif(
+        shutil.which("accelerate") is None, reason="needs the `accelerate` launcher (pip install accelerate)"
+    ),
 ]
 TASKS = ["bbh_cot_zeroshot_boolean_expressions", "bbh_cot_zeroshot_navigate", "bbh_cot_zeroshot_snarks"]
 
@@ -28,7 +30,9 @@ def test_two_processes_split_the_searches_and_match_one_process(tiny_model: Path
     launch = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lm_eval"]  # fmt: skip
     env = {**os.environ, **OFFLINE, "LM_EVAL_PROMPTOPT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*launch, *args, "--output_path", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [*launch, *args, "--output_path", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     one, two = load_results(tmp_path / "one"), load_results(tmp_path / "two")  # one results file: the main process's
     searched = two["prompt_optimization"]["tasks"]

@@ -9,11 +9,14 @@ from pathlib import Path
 
 from conftest import needs_shared_data, run_lm_eval
 
+
 TASK = "bbh_cot_zeroshot_boolean_expressions"
 
 
 def show(run_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("lm-eval-promptopt")), "show", str(run_dir)], capture_output=True, text=True)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("lm-eval-promptopt")), "show", str(run_dir)], capture_output=True, text=True
+    )
 
 
 @needs_shared_data
@@ -31,7 +34,10 @@ def test_show_says_how_a_run_ended_and_one_line_for_a_corrupt_file(local_tasks: 
     assert section["run_dir"] == str(run_dir) and run_dir.is_absolute()
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "complete" and "SECRET" not in info["command"]
-    assert info["command"].startswith("oracle_cli.py run --model oracle") and "http://***@127.0.0.1:9/v1?api_key=***" in info["command"]
+    assert (
+        info["command"].startswith("oracle_cli.py run --model oracle")
+        and "http://***@127.0.0.1:9/v1?api_key=***" in info["command"]
+    )
 
     finished = show(run_dir)
     assert finished.returncode == 0 and "resume with" not in finished.stdout and "  instruction: 'A'" in finished.stdout
@@ -42,7 +48,10 @@ def test_show_says_how_a_run_ended_and_one_line_for_a_corrupt_file(local_tasks: 
         f"interrupted: resume with: {info['command']} (put back each credential shown as ***)"
     )
 
-    for text, problem in (("{", "is not valid JSON (Expecting property name"), ("[]", "is not a prompt_optimization.json (no tasks)")):
+    for text, problem in (
+        ("{", "is not valid JSON (Expecting property name"),
+        ("[]", "is not a prompt_optimization.json (no tasks)"),
+    ):
         (run_dir / "prompt_optimization.json").write_text(text)
         broken = show(run_dir)
         assert broken.returncode == 1 and "Traceback" not in broken.stderr, broken.stderr

@@ -9,8 +9,8 @@ import pytest
 from conftest import needs_shared_data
 
 from lm_eval_promptopt.errors import PromptOptError
-from lm_eval_promptopt.options import RunOptions
 from lm_eval_promptopt.harness.splits import plan_splits, resolve_split, task_family
+from lm_eval_promptopt.options import RunOptions
 
 
 def config(**kw):
@@ -31,7 +31,9 @@ def no_shots(_split):
     [(250, 50, 100), (187, 41, 83), (178, 39, 79), (146, 32, 65)],
 )
 def test_bbh_internal_split_keeps_a_third_held_out(n, train, dev):
-    plan = plan_splits("bbh_cot_zeroshot_snarks", config(dataset_path="SaylorTwift/bbh"), RunOptions(), sizes({"test": n}), no_shots)
+    plan = plan_splits(
+        "bbh_cot_zeroshot_snarks", config(dataset_path="SaylorTwift/bbh"), RunOptions(), sizes({"test": n}), no_shots
+    )
     assert (len(plan.train.indices), len(plan.dev.indices)) == (train, dev)
     assert len(plan.heldout.indices) >= n / 3
     assert plan.train.split == plan.dev.split == plan.heldout.split == "test"
@@ -59,7 +61,9 @@ def test_mmlu_optimizes_on_validation_and_evaluates_all_of_test():
 
 def test_mmlu_variant_that_evaluates_validation_optimizes_on_dev():
     cfg = config(dataset_path="cais/mmlu", test_split=None, validation_split="validation", fewshot_split="dev")
-    plan = plan_splits("mmlu_flan_cot_zeroshot_anatomy", cfg, RunOptions(), sizes({"dev": 20, "validation": 20}), no_shots)
+    plan = plan_splits(
+        "mmlu_flan_cot_zeroshot_anatomy", cfg, RunOptions(), sizes({"dev": 20, "validation": 20}), no_shots
+    )
     assert plan.train.split == "dev" and plan.heldout.split == "validation"
     assert "'dev'" in plan.rule
 
@@ -67,7 +71,9 @@ def test_mmlu_variant_that_evaluates_validation_optimizes_on_dev():
 def test_gsm8k_excludes_the_few_shot_exemplars():
     cfg = config(training_split="train", fewshot_split="train")
     shots = set(range(0, 1000, 2))
-    plan = plan_splits("gsm8k", cfg, RunOptions(), sizes({"train": 1000, "test": 50}), lambda s: shots if s == "train" else set())
+    plan = plan_splits(
+        "gsm8k", cfg, RunOptions(), sizes({"train": 1000, "test": 50}), lambda s: shots if s == "train" else set()
+    )
     assert (len(plan.train.indices), len(plan.dev.indices)) == (100, 100)
     assert not (set(plan.train.indices) | set(plan.dev.indices)) & shots
     assert "500 few-shot exemplars of 'train' excluded" in plan.rule
@@ -91,7 +97,9 @@ def test_explicit_sizes_are_honoured_and_checked():
 def test_explicit_sizes_beyond_separate_splits_are_an_error_naming_the_count():
     cfg = config(training_split="train", validation_split="validation")
     args = (cfg, sizes({"train": 60, "validation": 120, "test": 40}), no_shots)
-    with pytest.raises(PromptOptError, match=r"train_size=100000, but 'train' has 60 usable docs; choose train_size <= 60"):
+    with pytest.raises(
+        PromptOptError, match=r"train_size=100000, but 'train' has 60 usable docs; choose train_size <= 60"
+    ):
         plan_splits("arc_easy", args[0], RunOptions(train_size=100000, dev_size=10), *args[1:])
     with pytest.raises(PromptOptError, match=r"dev_size=121, but 'validation' has 120 usable docs"):
         plan_splits("arc_easy", args[0], RunOptions(train_size=60, dev_size=121), *args[1:])
@@ -101,10 +109,16 @@ def test_explicit_sizes_beyond_separate_splits_are_an_error_naming_the_count():
 
 @pytest.mark.parametrize(("n", "dev"), [(250, 100), (187, 68), (178, 64), (146, 48)])
 def test_greater_split_is_the_papers_bbh_rows(n, dev):
-    plan = plan_splits("bbh_cot_zeroshot_snarks", config(), RunOptions(split="greater", seed=7), sizes({"test": n}), no_shots)
+    plan = plan_splits(
+        "bbh_cot_zeroshot_snarks", config(), RunOptions(split="greater", seed=7), sizes({"test": n}), no_shots
+    )
     assert plan.train.indices == tuple(range(50))  # rows [0:50], whatever the seed
     assert plan.dev.indices == tuple(range(50, 50 + dev))  # [50:150]; small tasks: half the rest
-    assert plan.heldout.indices == tuple(range(50 + dev, n)) and len(plan.heldout.indices) in (n - 50 - dev, dev, dev + 1)
+    assert plan.heldout.indices == tuple(range(50 + dev, n)) and len(plan.heldout.indices) in (
+        n - 50 - dev,
+        dev,
+        dev + 1,
+    )
     assert plan.rule.startswith("GReaTer's BBH rows")
 
 
@@ -113,25 +127,48 @@ def test_gpo_split_has_the_papers_bbh_sizes(n, size):
     plan = plan_splits("bbh_cot_zeroshot_snarks", config(), RunOptions(split="gpo"), sizes({"test": n}), no_shots)
     assert (len(plan.train.indices), len(plan.dev.indices), len(plan.heldout.indices)) == (size, size, n - 2 * size)
     assert plan.train.indices != tuple(range(size))  # a seeded draw: GPO's rows are not recoverable
-    assert plan == plan_splits("bbh_cot_zeroshot_snarks", config(), RunOptions(split="gpo"), sizes({"test": n}), no_shots)
+    assert plan == plan_splits(
+        "bbh_cot_zeroshot_snarks", config(), RunOptions(split="gpo"), sizes({"test": n}), no_shots
+    )
 
 
 def test_gpo_split_gives_mmlu_twenty_train_docs_so_nine_steps():
     from lm_eval_promptopt.optimizers.gpo import total_steps
 
     cfg = config(dataset_path="cais/mmlu", fewshot_split="dev")
-    plan = plan_splits("mmlu_anatomy", cfg, RunOptions(split="gpo"), sizes({"dev": 20, "validation": 20, "test": 60}), no_shots)
-    assert (plan.train.split, len(plan.train.indices), plan.dev.split, len(plan.dev.indices)) == ("dev", 20, "validation", 20)
+    plan = plan_splits(
+        "mmlu_anatomy", cfg, RunOptions(split="gpo"), sizes({"dev": 20, "validation": 20, "test": 60}), no_shots
+    )
+    assert (plan.train.split, len(plan.train.indices), plan.dev.split, len(plan.dev.indices)) == (
+        "dev",
+        20,
+        "validation",
+        20,
+    )
     assert plan.heldout.split == "test" and len(plan.heldout.indices) == 60
     assert total_steps(len(plan.train.indices), 3, 8) == 9  # the paper's T for MMLU (the seeded plan's 7 give 3)
-    hub = plan_splits("mmlu_anatomy", cfg, RunOptions(split="gpo"), sizes({"dev": 5, "validation": 27, "test": 135}), no_shots)
+    hub = plan_splits(
+        "mmlu_anatomy", cfg, RunOptions(split="gpo"), sizes({"dev": 5, "validation": 27, "test": 135}), no_shots
+    )
     assert (len(hub.train.indices), len(hub.dev.indices)) == (5, 20)  # capped by what the hub's splits hold
 
 
 def test_paper_presets_elsewhere_and_their_errors():
-    gsm = plan_splits("gsm8k", config(training_split="train"), RunOptions(split="greater"), sizes({"train": 1000, "test": 50}), no_shots)
+    gsm = plan_splits(
+        "gsm8k",
+        config(training_split="train"),
+        RunOptions(split="greater"),
+        sizes({"train": 1000, "test": 50}),
+        no_shots,
+    )
     assert (len(gsm.train.indices), len(gsm.dev.indices)) == (100, 100) and gsm.rule.startswith("GReaTer's GSM8k sizes")
-    other = plan_splits("mmlu_anatomy", config(fewshot_split="dev"), RunOptions(split="greater"), sizes({"dev": 20, "validation": 20, "test": 60}), no_shots)
+    other = plan_splits(
+        "mmlu_anatomy",
+        config(fewshot_split="dev"),
+        RunOptions(split="greater"),
+        sizes({"dev": 20, "validation": 20, "test": 60}),
+        no_shots,
+    )
     assert other.rule.startswith("the GReaTer paper has no split for mmlu tasks")
     assert resolve_split(RunOptions(split="paper"), "greater").split == "greater"
     assert resolve_split(RunOptions(split="paper"), "gpo").split == "gpo"
@@ -158,7 +195,17 @@ def test_split_paper_through_lm_eval_records_the_papers_rows(local_tasks: Path, 
                        optimizer_args="candidates=Be quick.,split=greater,seed=3")  # fmt: skip
     plan = results["prompt_optimization"]["tasks"][task]["plan"]
     assert plan["train"]["indices"] == list(range(50)) and plan["dev"]["indices"] == list(range(50, 150))
-    assert plan["heldout"]["planned_size"] == 100 and plan["heldout"]["size"] == 3 and plan["rule"].startswith("GReaTer's BBH rows")
+    assert (
+        plan["heldout"]["planned_size"] == 100
+        and plan["heldout"]["size"] == 3
+        and plan["rule"].startswith("GReaTer's BBH rows")
+    )
     with pytest.raises(PromptOptError, match="'candidates' has none: use split=greater") as refused:
-        evaluate(model="oracle", include_path=local_tasks, tasks=[task], optimizer="candidates", optimizer_args="candidates=Be quick.,split=paper")
+        evaluate(
+            model="oracle",
+            include_path=local_tasks,
+            tasks=[task],
+            optimizer="candidates",
+            optimizer_args="candidates=Be quick.,split=paper",
+        )
     assert refused.value.exit_code == 2

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from transformers import AutoTokenizer
-
 from conftest import SHARED_DATA, needs_shared_data, run_lm_eval
 from support.testbed import build_tiny_model, main
+from transformers import AutoTokenizer
+
 
 SYSTEM = "You are a careful assistant."
 CHAT = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 2 + 2?"}]
@@ -20,17 +20,26 @@ LIMIT = 2
 def lm_eval_args(tiny_model: Path, local_tasks: Path, out: Path) -> list[str]:
     """A plain (no --optimize) run over a BBH leaf task, the `mmlu` group and GSM8k, with chat template."""
     return [
-        "--model", "hf",
-        "--model_args", f"pretrained={tiny_model}",
-        "--device", "cpu",  # not `device=cpu` in --model_args: the CLI passes its own default device too
-        "--include_path", str(local_tasks),
-        "--tasks", "bbh_cot_zeroshot_boolean_expressions,mmlu,gsm8k_cot_zeroshot",
-        "--limit", str(LIMIT),
-        "--gen_kwargs", "max_gen_toks=16",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={tiny_model}",
+        "--device",
+        "cpu",  # not `device=cpu` in --model_args: the CLI passes its own default device too
+        "--include_path",
+        str(local_tasks),
+        "--tasks",
+        "bbh_cot_zeroshot_boolean_expressions,mmlu,gsm8k_cot_zeroshot",
+        "--limit",
+        str(LIMIT),
+        "--gen_kwargs",
+        "max_gen_toks=16",
         "--apply_chat_template",
-        "--system_instruction", SYSTEM,
+        "--system_instruction",
+        SYSTEM,
         "--log_samples",
-        "--output_path", str(out),
+        "--output_path",
+        str(out),
     ]
 
 
@@ -132,7 +141,9 @@ def test_lm_eval_runs_gsm8k_cot_zeroshot(lm_eval_run: dict) -> None:
 
 
 @needs_shared_data
-def test_stock_results_identical_with_plugin_installed(lm_eval_run: dict, tiny_model: Path, local_tasks: Path, tmp_path: Path) -> None:
+def test_stock_results_identical_with_plugin_installed(
+    lm_eval_run: dict, tiny_model: Path, local_tasks: Path, tmp_path: Path
+) -> None:
     """Without --optimize, `lm_eval` with the plugin gives lm-eval's results exactly (hook taken off)."""
     run_lm_eval(lm_eval_args(tiny_model, local_tasks, tmp_path), entry="stock_cli")
     (stock_file,) = tmp_path.glob("*/results_*.json")

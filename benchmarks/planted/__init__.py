@@ -53,6 +53,7 @@ from benchmarks.tiny_llama import CHAT_TEMPLATE, init_llama
 from lm_eval_promptopt.harness.prompting import Placement
 from lm_eval_promptopt.run.instruction_cache import cache_root
 
+
 REPO = Path(__file__).resolve().parents[2]
 TASK_DIR = REPO / "task_configs" / "planted"
 DATA_DIR = TASK_DIR / "data"
@@ -69,8 +70,20 @@ def _import_task_utils() -> None:
 _import_task_utils()
 # The tasks' language and docs: the training data, the checker and the tests use the same.
 from planted_task_utils import (  # noqa: E402
-    HIDDEN_OPS, LENGTHS, OPS, SPLIT_SIZES, SPLITS, VERSION, _draw_digits, apply_op, doc_to_text, hidden_op, make_docs, target_text,
+    HIDDEN_OPS,
+    LENGTHS,
+    OPS,
+    SPLIT_SIZES,
+    SPLITS,
+    VERSION,
+    _draw_digits,
+    apply_op,
+    doc_to_text,
+    hidden_op,
+    make_docs,
+    target_text,
 )  # fmt: skip
+
 
 KEYWORDS: dict[str, tuple[str, ...]] = {
     "first": ("first", "initial", "leading", "opening"),

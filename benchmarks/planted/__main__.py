@@ -2,4 +2,5 @@
 
 from benchmarks.planted import main
 
+
 raise SystemExit(main())

@@ -25,7 +25,14 @@ def prompt_budget(lm: Any, task: Any) -> int | None:
 
 
 def check_fits(
-    name: str, task: Any, doc: dict, instructions: list[str], lm: Any, placement: Placement, eval_kwargs: dict[str, Any], fewshot_seed: int | None
+    name: str,
+    task: Any,
+    doc: dict,
+    instructions: list[str],
+    lm: Any,
+    placement: Placement,
+    eval_kwargs: dict[str, Any],
+    fewshot_seed: int | None,
 ) -> None:
     """Refuse, in one line, an instruction that makes `doc`'s prompt longer than the model takes
     where the prompt without it fits (a doc too long by itself is lm-eval's usual truncation)."""
@@ -36,7 +43,9 @@ def check_fits(
 
     def tokens(instruction: str) -> int:
         task.set_fewshot_seed(fewshot_seed)  # the same shots for each instruction
-        return len(encode(render(task, doc, instruction, placement, lm, eval_kwargs.get("fewshot_as_multiturn", False)).text))
+        return len(
+            encode(render(task, doc, instruction, placement, lm, eval_kwargs.get("fewshot_as_multiturn", False)).text)
+        )
 
     if tokens("") > budget:
         return

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+
 CLI_MODULE = "lm_eval._cli.run"
 """lm-eval's `run` subcommand (since 0.4.10's subcommand CLI). It has no plugin hook, so its
 class `Run` gets our argument group through `_add_args` and our dispatch through `_execute`."""
@@ -30,7 +31,9 @@ TASKS_NOT_FOUND = "Tasks not found"
 """How lm-eval's `EvaluatorConfig` starts the ValueError for unknown task names (no own type)."""
 
 
-def extend_run_command(module: ModuleType, add_args: Callable[[Any, Any], None], execute: Callable[[Any, Callable[[Any], None]], None]) -> str | None:
+def extend_run_command(
+    module: ModuleType, add_args: Callable[[Any, Any], None], execute: Callable[[Any, Callable[[Any], None]], None]
+) -> str | None:
     """Give `Run` in `module` (lm_eval._cli.run) our flags and dispatch, once: `add_args(run, parser)`
     after lm-eval's own, and `execute(args, stock_execute)` instead of its `_execute`. Returns why
     it cannot (None: done)."""
@@ -198,7 +201,9 @@ def _run_parser() -> bool:
     import argparse
 
     run_cls = importlib.import_module(CLI_MODULE).Run
-    return isinstance(getattr(run_cls(argparse.ArgumentParser().add_subparsers()), "_parser", None), argparse.ArgumentParser)
+    return isinstance(
+        getattr(run_cls(argparse.ArgumentParser().add_subparsers()), "_parser", None), argparse.ArgumentParser
+    )
 
 
 def _harness_cli_parsers() -> bool:
@@ -235,10 +240,17 @@ TOUCHPOINTS = (
     Touchpoint(f"ValueError('{TASKS_NOT_FOUND}: ...') for unknown tasks", _tasks_not_found_text),
     Touchpoint("Task.build_all_requests(system_instruction=, chat_template=)", _build_requests_keywords),
     Touchpoint("ContextSampler.sample", _has("lm_eval.api.samplers", "ContextSampler", "sample")),
-    Touchpoint("GeneralConfigTracker._get_model_name", _has("lm_eval.loggers.evaluation_tracker", "GeneralConfigTracker", "_get_model_name")),
+    Touchpoint(
+        "GeneralConfigTracker._get_model_name",
+        _has("lm_eval.loggers.evaluation_tracker", "GeneralConfigTracker", "_get_model_name"),
+    ),
     Touchpoint("HFLM._rank / HFLM._world_size", _hflm_rank_fields),
     Touchpoint("lm_eval.evaluator.get_git_commit_hash", _has("lm_eval.evaluator", "get_git_commit_hash")),
-    Touchpoint(f"{TASK_INDEX_MODULE}.load_yaml / TaskIndex.build", lambda: _has(TASK_INDEX_MODULE, "load_yaml")() and _has(TASK_INDEX_MODULE, "TaskIndex", "build")(), since="0.4.12"),
+    Touchpoint(
+        f"{TASK_INDEX_MODULE}.load_yaml / TaskIndex.build",
+        lambda: _has(TASK_INDEX_MODULE, "load_yaml")() and _has(TASK_INDEX_MODULE, "TaskIndex", "build")(),
+        since="0.4.12",
+    ),
 )
 
 

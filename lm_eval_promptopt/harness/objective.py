@@ -177,5 +177,7 @@ class Objective:
         scores = results["results"][self.task_name]
         if self.metric not in scores:
             known = sorted(k for k in scores if "," in k and "_stderr" not in k)
-            raise PromptOptError(f"{self.task_name}: metric {self.metric!r} not produced; available: {', '.join(known)}")
+            raise PromptOptError(
+                f"{self.task_name}: metric {self.metric!r} not produced; available: {', '.join(known)}"
+            )
         return float(scores[self.metric])

@@ -15,6 +15,7 @@ from typing import Any
 from .lm_eval_compat import bind_build_requests
 from .setup import quiet
 
+
 _SENTINEL = "lm_eval_promptopt system-role probe"
 _DELIMITER = "\n\n"
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from .lm_eval_compat import git_commit_hash_replaced
 
+
 METADATA_HINT = "Custom kwargs can be passed to `--metadata`"
 TASK_LOGGER = "lm_eval.api.task"
 

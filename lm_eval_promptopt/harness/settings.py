@@ -26,7 +26,9 @@ def check_names(kwargs: dict[str, Any]) -> Any:
     params = inspect.signature(simple_evaluate).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        raise PromptOptError(f"unknown lm-eval argument(s) {', '.join(unknown)}: lm_eval.simple_evaluate takes {', '.join(params)}")
+        raise PromptOptError(
+            f"unknown lm-eval argument(s) {', '.join(unknown)}: lm_eval.simple_evaluate takes {', '.join(params)}"
+        )
     return params
 
 
@@ -81,11 +83,20 @@ class EvalSettings:
 
     def seeds(self) -> dict[str, int | None]:
         """The four seeds, named as the run records name them."""
-        return {"random": self.random_seed, "numpy": self.numpy_random_seed, "torch": self.torch_random_seed, "fewshot": self.fewshot_random_seed}
+        return {
+            "random": self.random_seed,
+            "numpy": self.numpy_random_seed,
+            "torch": self.torch_random_seed,
+            "fewshot": self.fewshot_random_seed,
+        }
 
     def lm_eval_kwargs(self, **changes: Any) -> dict[str, Any]:
         """Keyword arguments for lm-eval's `simple_evaluate`: these settings with `changes`."""
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("output_path", "passthrough")}
+        own = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("output_path", "passthrough")
+        }
         return {**own, **self.passthrough, **changes}
 
     def evaluate_kwargs(self) -> dict[str, Any]:

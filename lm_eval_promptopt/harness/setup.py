@@ -44,7 +44,11 @@ def build_lm(settings: EvalSettings) -> Any:
     extra = {"batch_size": settings.batch_size, "max_batch_size": settings.max_batch_size, "device": settings.device}
     factory = lm_eval.api.registry.get_model(model)
     args = settings.model_args or ""
-    lm = factory.create_from_arg_obj(args, extra) if isinstance(args, dict) else factory.create_from_arg_string(args, extra)
+    lm = (
+        factory.create_from_arg_obj(args, extra)
+        if isinstance(args, dict)
+        else factory.create_from_arg_string(args, extra)
+    )
     if settings.use_cache:
         lm = lm_eval.api.model.CachingLM(lm, f"{settings.use_cache}_rank{lm.rank}.db")
     return lm
@@ -73,7 +77,9 @@ def check_model_paths(model_args: str | dict[str, Any] | None) -> None:
     for key in PATH_ARGS:
         value = args.get(key)
         if isinstance(value, str) and looks_local(value) and not Path(value).expanduser().exists():
-            raise PromptOptError(f"--model_args {key}={value}: no such file or folder (a local path; a Hugging Face repo id reads org/name)")
+            raise PromptOptError(
+                f"--model_args {key}={value}: no such file or folder (a local path; a Hugging Face repo id reads org/name)"
+            )
 
 
 def unwrap(lm: Any) -> Any:
@@ -117,7 +123,17 @@ def limited_plan(plan: dict[str, Any], evaluated: list[int], limit: int | float)
     """A recorded plan after `--limit`: its held-out lists only the docs evaluated, and says why."""
     heldout = plan["heldout"]
     rule = f"{plan['rule']}; --limit {limit:g}: the first {len(evaluated)} of its {heldout['size']} held-out docs evaluated"
-    return {**plan, "rule": rule, "heldout": {**heldout, "size": len(evaluated), "indices": evaluated, "limit": limit, "planned_size": heldout["size"]}}
+    return {
+        **plan,
+        "rule": rule,
+        "heldout": {
+            **heldout,
+            "size": len(evaluated),
+            "indices": evaluated,
+            "limit": limit,
+            "planned_size": heldout["size"],
+        },
+    }
 
 
 @contextlib.contextmanager

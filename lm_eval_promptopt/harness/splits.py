@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import PromptOptError
 from ..options import RunOptions
 
+
 _FAMILIES = {
     "bbh": (re.compile(r"^(leaderboard_)?bbh"), "bbh"),
     "mmlu": (re.compile(r"^mmlu"), "mmlu"),
@@ -83,7 +84,9 @@ def _draw(pool: list[int], train: int, dev: int, rng: random.Random) -> tuple[tu
     return tuple(sorted(order[:train])), tuple(sorted(order[train : train + dev]))
 
 
-def optimize_sources(family: str, config: Any, evaluated: str, has_split: Callable[[str], bool]) -> tuple[str, str] | None:
+def optimize_sources(
+    family: str, config: Any, evaluated: str, has_split: Callable[[str], bool]
+) -> tuple[str, str] | None:
     """(train source, dev source) splits, or None for an internal split of the evaluated split."""
     if family == "bbh":
         return None
@@ -100,7 +103,9 @@ def optimize_sources(family: str, config: Any, evaluated: str, has_split: Callab
     return usable[0], usable[-1]
 
 
-def _sizes(options: RunOptions, defaults: tuple[int, int], budget: int, what: str, task_name: str) -> tuple[int, int, str]:
+def _sizes(
+    options: RunOptions, defaults: tuple[int, int], budget: int, what: str, task_name: str
+) -> tuple[int, int, str]:
     """Explicit sizes must fit `budget`; default sizes are scaled down to fit it."""
     if options.train_size is None and options.dev_size is None:
         train, dev = scaled_sizes(*defaults, budget)
@@ -120,7 +125,9 @@ def _fit(name: str, explicit: int | None, default: int, available: int, split: s
     if explicit is None:
         return min(default, available)
     if explicit > available:
-        raise PromptOptError(f"{task_name}: {name}={explicit}, but {split!r} has {available} usable docs; choose {name} <= {available}")
+        raise PromptOptError(
+            f"{task_name}: {name}={explicit}, but {split!r} has {available} usable docs; choose {name} <= {available}"
+        )
     return explicit
 
 
@@ -136,7 +143,9 @@ def resolve_split(options: RunOptions, optimizer_name: str) -> RunOptions:
     return dataclasses.replace(options, split=optimizer_name)
 
 
-def _bbh_paper_plan(paper: str, evaluated: str, n: int, excluded: set[int], rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+def _bbh_paper_plan(
+    paper: str, evaluated: str, n: int, excluded: set[int], rng: random.Random
+) -> tuple[tuple[int, ...], tuple[int, ...], str]:
     """(train, dev, rule) of a BBH task of `n` rows under GReaTer's or GPO's plan."""
     pool = [i for i in range(n) if i not in excluded]
     if paper == "greater":
@@ -189,7 +198,9 @@ def plan_splits(
         sources, defaults = (config.fewshot_split or "dev", sources[1]), (20, 20)
         note = "GPO's MMLU sizes (20 / 20 per subject, capped by the splits); "
     elif paper and family == "gsm8k":
-        note = f"{PAPERS[paper]}'s GSM8k sizes (100 / 100 from train; the paper's rows were drawn with an unknown seed); "
+        note = (
+            f"{PAPERS[paper]}'s GSM8k sizes (100 / 100 from train; the paper's rows were drawn with an unknown seed); "
+        )
     elif paper == "greater" and family == "folio":
         note = "GReaTer's FOLIO sizes (100 / 100 from train; held-out: validation, as its 203-doc test); "
     elif paper:
@@ -225,7 +236,11 @@ def plan_splits(
             (train_pool, _), (dev_pool, _) = pools[train_src], pools[dev_src]
             train = _fit("train_size", options.train_size, defaults[0], len(train_pool), train_src, task_name)
             dev = _fit("dev_size", options.dev_size, defaults[1], len(dev_pool), dev_src, task_name)
-            how = "sizes from --optimize_args" if options.train_size is not None or options.dev_size is not None else "default sizes, capped by the splits"
+            how = (
+                "sizes from --optimize_args"
+                if options.train_size is not None or options.dev_size is not None
+                else "default sizes, capped by the splits"
+            )
             train_idx, _ = _draw(train_pool, train, 0, rng)
             dev_idx, _ = _draw(dev_pool, dev, 0, rng)
         heldout = Subset(evaluated, tuple(range(split_size(evaluated) or 0)))

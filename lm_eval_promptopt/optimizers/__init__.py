@@ -3,6 +3,7 @@
 from .base import OptimizationResult, Optimizer, Problem
 from .registry import available_optimizers, get_optimizer, register_optimizer
 
+
 __all__ = [
     "OptimizationResult",
     "Optimizer",

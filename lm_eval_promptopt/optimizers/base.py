@@ -18,6 +18,7 @@ from ..harness.setup import unwrap
 from ..harness.task_facts import exemplar, gold_choice, raw_question
 from ..run.log import RunLog
 
+
 if TYPE_CHECKING:
     from ..harness.objective import Objective
     from ..harness.prompting import Rendered

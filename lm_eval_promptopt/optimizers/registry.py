@@ -19,6 +19,7 @@ from lm_eval.api.registry import Registry
 from ..errors import PromptOptError
 from .base import Optimizer
 
+
 ENTRY_POINT_GROUP = "lm_eval_promptopt.optimizers"
 
 OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer", base_cls=Optimizer)
@@ -46,11 +47,15 @@ def _add_entry_points() -> None:
     """Register the optimizers other packages declare, once, as lazy placeholders."""
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if not entry.attr:
-            raise PromptOptError(f"entry point {entry.name} = {entry.value} in {ENTRY_POINT_GROUP}: name the optimizer class as module:Class")
+            raise PromptOptError(
+                f"entry point {entry.name} = {entry.value} in {ENTRY_POINT_GROUP}: name the optimizer class as module:Class"
+            )
         try:
             OPTIMIZERS.register(entry.name, target=f"{entry.module}:{entry.attr}")
         except ValueError:
-            raise PromptOptError(f"entry point {entry.name} = {entry.value} in {ENTRY_POINT_GROUP}: the name {entry.name!r} is taken; give the entry point another name") from None
+            raise PromptOptError(
+                f"entry point {entry.name} = {entry.value} in {ENTRY_POINT_GROUP}: the name {entry.name!r} is taken; give the entry point another name"
+            ) from None
 
 
 def available_optimizers() -> list[str]:

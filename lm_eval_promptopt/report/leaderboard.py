@@ -27,8 +27,11 @@ from .board import UNCHECKED_MARK, Cell, Leaderboard, Row, Run, cell_text, colum
 from .leaderboard_html import to_html
 from .markdown import markdown_table
 
-UNCHECKED = ("its given instruction's source records no split plan, so its held-out docs may include docs the instruction "
-             "was optimized on (pass the source run's results JSON or prompt_optimization.json as --optimized_prompts)")
+
+UNCHECKED = (
+    "its given instruction's source records no split plan, so its held-out docs may include docs the instruction "
+    "was optimized on (pass the source run's results JSON or prompt_optimization.json as --optimized_prompts)"
+)
 PLAIN = "baseline"
 """The optimizer label of plain lm-eval results (no prompt optimization section)."""
 _UNSHOWN_OPTIONS = {"refresh", "compare_baseline"}  # they change no score
@@ -49,12 +52,18 @@ def find_results(paths: list[Path]) -> list[Path]:
             found += sorted(p for p in path.rglob("*.json") if p.name.startswith("results_") or DATED.search(p.name))
         elif path.is_file():
             found.append(path)
-        elif path.suffix == ".json" and (dated := sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}_*.json") if DATED.match(p.name[len(path.stem):]))):
+        elif path.suffix == ".json" and (
+            dated := sorted(
+                p for p in path.parent.glob(f"{glob.escape(path.stem)}_*.json") if DATED.match(p.name[len(path.stem) :])
+            )
+        ):
             found += dated
         else:
             raise PromptOptError(f"leaderboard: {path} does not exist")
     if not found:
-        raise PromptOptError(f"leaderboard: no results JSON (results_<date>.json, or NAME_<date>.json from --output_path NAME.json) under {', '.join(map(str, paths))}")
+        raise PromptOptError(
+            f"leaderboard: no results JSON (results_<date>.json, or NAME_<date>.json from --output_path NAME.json) under {', '.join(map(str, paths))}"
+        )
     return list(dict.fromkeys(p.resolve() for p in found))
 
 
@@ -128,18 +137,29 @@ def load_run(path: Path) -> Run:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise PromptOptError(f"leaderboard: {path} is not an lm-eval results JSON ({type(err).__name__}: {err})") from None
+        raise PromptOptError(
+            f"leaderboard: {path} is not an lm-eval results JSON ({type(err).__name__}: {err})"
+        ) from None
     problem = _shape_problem(data)
     if problem:
-        raise PromptOptError(f"leaderboard: {path} is not an lm-eval results JSON: {problem}; pass the results_<date>.json lm-eval wrote")
+        raise PromptOptError(
+            f"leaderboard: {path} is not an lm-eval results JSON: {problem}; pass the results_<date>.json lm-eval wrote"
+        )
     results = data["results"]
     config = data.get("config") or {}
-    model = data.get("model_name") or str((config.get("model_args") or {}).get("pretrained", "")) or str(config.get("model"))
+    model = (
+        data.get("model_name")
+        or str((config.get("model_args") or {}).get("pretrained", ""))
+        or str(config.get("model"))
+    )
     groups = set(data.get("groups") or {})
     counts = {name: (info or {}).get("effective") for name, info in (data.get("n-samples") or {}).items()}
     section = data.get("prompt_optimization")
     if section is None:
-        seeds = {"split_and_search": None, **{k: config.get(f"{k}_seed") for k in ("random", "numpy", "torch", "fewshot")}}
+        seeds = {
+            "split_and_search": None,
+            **{k: config.get(f"{k}_seed") for k in ("random", "numpy", "torch", "fewshot")},
+        }
         run = Run(path, model, PLAIN, "", _number(data.get("date")) or 0.0, {"plain lm-eval": 1})
         plans = {name: "whole split" for name in results}
     else:
@@ -199,7 +219,9 @@ def build(runs: list[Run]) -> Leaderboard:
         row.sources.update(run.sources)
         for name, cell in run.cells.items():
             if name in row.cells:
-                flags.append(f"{name}: {row.label}: {dates[(run.key, name)].path} is superseded by the newer {run.path}")
+                flags.append(
+                    f"{name}: {row.label}: {dates[(run.key, name)].path} is superseded by the newer {run.path}"
+                )
             row.cells[name] = cell
             dates[(run.key, name)] = run
             if cell.unchecked_source and name not in run.groups:
@@ -230,7 +252,9 @@ def leaderboard(paths: list[Path]) -> Leaderboard:
         try:
             runs.append(load_run(path))
         except (AttributeError, KeyError, TypeError) as err:  # a field of another shape than lm-eval writes
-            raise PromptOptError(f"leaderboard: {path} is not an lm-eval results JSON of the usual shape ({type(err).__name__}: {err})") from None
+            raise PromptOptError(
+                f"leaderboard: {path} is not an lm-eval results JSON of the usual shape ({type(err).__name__}: {err})"
+            ) from None
     return build(runs)
 
 
@@ -240,11 +264,40 @@ def leaderboard(paths: list[Path]) -> Leaderboard:
 def to_markdown(board: Leaderboard) -> str:
     """The scores table, then where each row came from (source, files), then the flags."""
 
-    scores = [[short_model(row.model), row.optimizer, row.settings or "defaults", *(cell_text(row.cells.get(c)) for c in board.columns)] for row in board.rows]
-    out = [markdown_table(["model", "optimizer", "settings", *(column_title(board, c) for c in board.columns)], scores, numeric_from=3)]
-    out += ["", "Cells: held-out score ± stderr (base: the initial instruction's held-out score, then the difference)."
-            + (f" {UNCHECKED_MARK}: unchecked source (see the flags)." if any(c.unchecked_source for r in board.rows for c in r.cells.values()) else ""), ""]
-    origins = [[short_model(row.model), row.optimizer, row.settings or "defaults", source_text(row.sources), "<br>".join(row.files)] for row in board.rows]
+    scores = [
+        [
+            short_model(row.model),
+            row.optimizer,
+            row.settings or "defaults",
+            *(cell_text(row.cells.get(c)) for c in board.columns),
+        ]
+        for row in board.rows
+    ]
+    out = [
+        markdown_table(
+            ["model", "optimizer", "settings", *(column_title(board, c) for c in board.columns)], scores, numeric_from=3
+        )
+    ]
+    out += [
+        "",
+        "Cells: held-out score ± stderr (base: the initial instruction's held-out score, then the difference)."
+        + (
+            f" {UNCHECKED_MARK}: unchecked source (see the flags)."
+            if any(c.unchecked_source for r in board.rows for c in r.cells.values())
+            else ""
+        ),
+        "",
+    ]
+    origins = [
+        [
+            short_model(row.model),
+            row.optimizer,
+            row.settings or "defaults",
+            source_text(row.sources),
+            "<br>".join(row.files),
+        ]
+        for row in board.rows
+    ]
     out.append(markdown_table(["model", "optimizer", "settings", "source", "results"], origins, numeric_from=5))
     if board.flags:
         out += ["", "Flags:", *(f"- {flag}" for flag in board.flags)]
@@ -290,10 +343,13 @@ def to_json(board: Leaderboard) -> str:
         "groups": sorted(board.groups),
         "rows": [
             {
-                "model": row.model, "optimizer": row.optimizer, "settings": row.settings,
-                "sources": dict(row.sources), "files": row.files,
+                "model": row.model,
+                "optimizer": row.optimizer,
+                "settings": row.settings,
+                "sources": dict(row.sources),
+                "files": row.files,
                 "cells": {name: dataclasses.asdict(cell) for name, cell in row.cells.items()},
-            }  # fmt: skip
+            }
             for row in board.rows
         ],
         "mixed": board.mixed,
@@ -349,7 +405,9 @@ def parse_tolerance(text: str) -> Tolerance:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise PromptOptError(f"--regression-tolerance takes Nse (N stderrs, e.g. 1se) or score points (e.g. 0.01), at least 0; got {text!r}")
+        raise PromptOptError(
+            f"--regression-tolerance takes Nse (N stderrs, e.g. 1se) or score points (e.g. 0.01), at least 0; got {text!r}"
+        )
     return Tolerance(value, in_stderr)
 
 
@@ -375,7 +433,9 @@ def gate(board: Leaderboard, fail_under: list[tuple[str, float]], fail_on_regres
                                     f"({fmt(cell.delta, signed=True)}, beyond the tolerance {tolerance} = {allowed:.4f})")  # fmt: skip
         unchecked = [name for name, cell in row.cells.items() if cell.delta is None] if row.optimizer != PLAIN else []
         if unchecked and require_baseline:
-            problems.append(f"{row.label} has no baseline for {', '.join(unchecked)} (rerun with --optimize_args compare_baseline=true)")
+            problems.append(
+                f"{row.label} has no baseline for {', '.join(unchecked)} (rerun with --optimize_args compare_baseline=true)"
+            )
         elif unchecked and fail_on_regression:
             notes.append(f"{row.label} has no baseline for {', '.join(unchecked)}: not checked for regression "
                          "(compare_baseline=true measures one; --require-baseline fails such rows)")  # fmt: skip

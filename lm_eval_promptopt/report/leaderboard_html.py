@@ -15,13 +15,18 @@ import jinja2
 
 from .board import Cell, Leaderboard, Row, cell_text, column_title, fmt, short_model, source_text
 
+
 LABEL_H, BAR_H, GAP, WIDTH = 16, 14, 12, 360
 """The chart's layout: a row's label line, one bar, the space after a row, the length of a score of 1."""
 
 
 @functools.cache
 def _template() -> jinja2.Template:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        autoescape=True,
+        keep_trailing_newline=True,
+    )
     return env.get_template("leaderboard.html.j2")
 
 
@@ -56,13 +61,32 @@ def _chart(board: Leaderboard) -> dict[str, Any]:
         over = f" (mean of {count} task{'s' if count != 1 else ''})" if uneven else ""
         group = {"label": label + over, "row": label, "label_y": y + LABEL_H - 4, "bars": []}
         y += LABEL_H
-        for kind, value, color, offset in (("baseline", baseline, "#9aa5b1", 0), ("optimized", optimized, "#2b7bb9", BAR_H)):
+        for kind, value, color, offset in (
+            ("baseline", baseline, "#9aa5b1", 0),
+            ("optimized", optimized, "#2b7bb9", BAR_H),
+        ):
             if value is not None:
-                group["bars"].append({"kind": kind, "value": value, "color": color, "y": y + offset, "length": max(value, 0.0) * WIDTH, "text": fmt(value)})
+                group["bars"].append(
+                    {
+                        "kind": kind,
+                        "value": value,
+                        "color": color,
+                        "y": y + offset,
+                        "length": max(value, 0.0) * WIDTH,
+                        "text": fmt(value),
+                    }
+                )
         rows.append(group)
         y += 2 * BAR_H + GAP
     height = len(points) * (LABEL_H + 2 * BAR_H + GAP) + 40
-    return {"heading": chart_heading(board), "rows": rows, "bottom": y, "width": WIDTH, "height": height, "bar_h": BAR_H}
+    return {
+        "heading": chart_heading(board),
+        "rows": rows,
+        "bottom": y,
+        "width": WIDTH,
+        "height": height,
+        "bar_h": BAR_H,
+    }
 
 
 def chart_heading(board: Leaderboard) -> str:
@@ -85,9 +109,14 @@ def _row(board: Leaderboard, row: Row) -> dict[str, Any]:
             "title": cell.instruction if cell is not None else "",
             "text": cell_text(cell),
         })  # fmt: skip
-    return {"texts": [short_model(row.model), row.optimizer, row.settings or "defaults", source_text(row.sources)], "cells": cells}
+    return {
+        "texts": [short_model(row.model), row.optimizer, row.settings or "defaults", source_text(row.sources)],
+        "cells": cells,
+    }
 
 
 def to_html(board: Leaderboard) -> str:
     columns = [{"title": column_title(board, c), "mixed": c in board.mixed} for c in board.columns]
-    return _template().render(columns=columns, rows=[_row(board, row) for row in board.rows], flags=board.flags, chart=_chart(board))
+    return _template().render(
+        columns=columns, rows=[_row(board, row) for row in board.rows], flags=board.flags, chart=_chart(board)
+    )

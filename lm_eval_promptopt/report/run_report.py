@@ -14,6 +14,7 @@ from ..run.files import read_jsonl, write_json
 from .board import fmt
 from .markdown import markdown_table
 
+
 SCHEMA_VERSION = 1
 
 
@@ -71,10 +72,14 @@ def results_section(
 def write_outputs(run_dir: Path, section: dict[str, Any], plot: bool = True) -> None:
     """The run folder's summary files: optimized_prompts.json, prompt_optimization.json, the
     baseline-vs-optimized table and (with `plot`) the dev-score plot."""
-    write_json(run_dir / "optimized_prompts.json", {task: o["final_instruction"] for task, o in section["tasks"].items()})
+    write_json(
+        run_dir / "optimized_prompts.json", {task: o["final_instruction"] for task, o in section["tasks"].items()}
+    )
     write_json(run_dir / "prompt_optimization.json", section)
     if "baseline_vs_optimized" in section:
-        (run_dir / "baseline_vs_optimized.md").write_text(format_table(section["baseline_vs_optimized"]) + "\n", encoding="utf-8")
+        (run_dir / "baseline_vs_optimized.md").write_text(
+            format_table(section["baseline_vs_optimized"]) + "\n", encoding="utf-8"
+        )
     if plot and section["tasks"]:
         plot_dev_scores(section, run_dir / "dev_scores.png")
 
@@ -89,7 +94,9 @@ def summary(run_dir: Path, outcomes: list[TaskOutcome], comparison: list[dict[st
         origin = {"cache": " (cached search)", "given": " (given)"}.get(o.source, "")
         lines.append(f"{o.task}: {scores}instruction{origin}: {o.final_instruction!r}")
     plot = ", dev_scores.png" if (run_dir / "dev_scores.png").exists() else ""
-    lines.append(f"prompt optimization outputs: {run_dir} (prompt_optimization.json, optimized_prompts.json, trajectories/{plot})")
+    lines.append(
+        f"prompt optimization outputs: {run_dir} (prompt_optimization.json, optimized_prompts.json, trajectories/{plot})"
+    )
     return "\n".join(lines)
 
 
@@ -103,9 +110,9 @@ def projected_cost_table(optimizer: Any, plans: dict[str, Any]) -> str:
         rows.append([name, str(n_train), str(n_dev), *(str(cost[k]) for k in total)])
     rows.append(["total", "", "", *(str(v) for v in total.values())])
     headers = ["task", "train", "dev", "harness evaluations", "model calls", "optimizer calls"]
-    return f"lm_eval_promptopt: projected cost of the {optimizer.name} searches (upper bounds)\n" + markdown_table(headers, rows, numeric_from=1)
-
-
+    return f"lm_eval_promptopt: projected cost of the {optimizer.name} searches (upper bounds)\n" + markdown_table(
+        headers, rows, numeric_from=1
+    )
 
 
 def metric_value(results: dict[str, Any], name: str, metric: str) -> float | None:
@@ -130,7 +137,10 @@ def comparison_rows(
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table: | task | metric | baseline | optimized | delta |."""
-    cells = [[row["name"], row["metric"], fmt(row["baseline"]), fmt(row["optimized"]), fmt(row["delta"], signed=True)] for row in rows]
+    cells = [
+        [row["name"], row["metric"], fmt(row["baseline"]), fmt(row["optimized"]), fmt(row["delta"], signed=True)]
+        for row in rows
+    ]
     return markdown_table(["task", "metric", "baseline", "optimized", "delta"], cells, numeric_from=2)
 
 
@@ -192,9 +202,13 @@ def describe(section: dict[str, Any]) -> str:
     """Per task: instruction, dev scores, stop reason, origin and cost."""
     lines = [f"optimizer: {section['optimizer']}  config: {json.dumps(section['optimizer_config'])}"]
     for task, o in section["tasks"].items():
-        scores = "n/a" if o["final_dev_score"] is None else f"{o['initial_dev_score']:.4f} -> {o['final_dev_score']:.4f}"
+        scores = (
+            "n/a" if o["final_dev_score"] is None else f"{o['initial_dev_score']:.4f} -> {o['final_dev_score']:.4f}"
+        )
         counters = o.get("details", {}).get("counters") or {}
-        cost = f"{o['evaluations']} harness evaluations, {o['wall_time_s']:.1f} s" + "".join(f", {k} {v}" for k, v in counters.items())
+        cost = f"{o['evaluations']} harness evaluations, {o['wall_time_s']:.1f} s" + "".join(
+            f", {k} {v}" for k, v in counters.items()
+        )
         lines += [
             f"{task}",
             f"  instruction: {o['final_instruction']!r}",

@@ -52,4 +52,3 @@ def unwritable(folder: Path) -> str | None:
     except OSError as err:
         return "a file, not a folder" if folder.is_file() else (err.strerror or str(err))
     return None
-

@@ -21,13 +21,16 @@ from ..errors import PromptOptError
 from ..logs import get_logger
 from .files import write_json
 
+
 logger = get_logger(__name__)
 
 DEFAULT_OUTPUT = Path("lm_eval_promptopt_runs")
 """Where run folders go without --output_path."""
 
 
-_URL = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<userinfo>[^/@\s,'\"]*@)?(?P<rest>[^\s?#,'\"]*)(?P<query>\?[^\s#,'\"]*)?")
+_URL = re.compile(
+    r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<userinfo>[^/@\s,'\"]*@)?(?P<rest>[^\s?#,'\"]*)(?P<query>\?[^\s#,'\"]*)?"
+)
 
 
 def mask_credentials(text: str) -> str:
@@ -35,7 +38,9 @@ def mask_credentials(text: str) -> str:
     `http://***@h/v1?key=***`): where credentials are written into a command line."""
 
     def mask(match: re.Match[str]) -> str:
-        query = match["query"] and "?" + "&".join(f"{k}=***" for k, _ in parse_qsl(match["query"][1:], keep_blank_values=True))
+        query = match["query"] and "?" + "&".join(
+            f"{k}=***" for k, _ in parse_qsl(match["query"][1:], keep_blank_values=True)
+        )
         return match["scheme"] + ("***@" if match["userinfo"] else "") + match["rest"] + (query or "")
 
     return _URL.sub(mask, text)
@@ -85,7 +90,9 @@ class RunFolder:
         self._lock = lock
 
     @classmethod
-    def open(cls, output_path: Path | None, model: Any, model_args: str | dict[str, Any] | None, run_key: str, refresh: bool) -> RunFolder:
+    def open(
+        cls, output_path: Path | None, model: Any, model_args: str | dict[str, Any] | None, run_key: str, refresh: bool
+    ) -> RunFolder:
         """Resume the same command's unfinished run folder (unless `refresh`) or start one; lock
         it and mark it running. The lock refuses a second live run of the same command (it
         would pay every call twice)."""
@@ -108,7 +115,9 @@ class RunFolder:
                 folder = cls(path, run_key, lock, found is not None)
                 folder._mark("running")
         except OSError as err:
-            raise PromptOptError(f"cannot write the run folder {new.parent} ({err.strerror or err}); pass a writable --output_path") from None
+            raise PromptOptError(
+                f"cannot write the run folder {new.parent} ({err.strerror or err}); pass a writable --output_path"
+            ) from None
         if found is not None:
             logger.info(f"lm_eval_promptopt: resuming the interrupted run in {path} (refresh=true starts afresh)")
         return folder

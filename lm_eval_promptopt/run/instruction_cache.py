@@ -19,6 +19,7 @@ from ..harness.setup import unwrap
 from ..logs import get_logger
 from .files import unwritable, write_json
 
+
 logger = get_logger(__name__)
 ENV_CACHE = "LM_EVAL_PROMPTOPT_CACHE"
 
@@ -104,8 +105,20 @@ class InstructionCache:
         key, outcome = plain(key), plain(outcome)
         path = self.path(key)
         try:
-            write_json(path, {"plugin_version": __version__, "key": key, "outcome": outcome, "checksum": digest({"key": key, "outcome": outcome})})
+            write_json(
+                path,
+                {
+                    "plugin_version": __version__,
+                    "key": key,
+                    "outcome": outcome,
+                    "checksum": digest({"key": key, "outcome": outcome}),
+                },
+            )
         except OSError as err:
-            logger.warning("lm_eval_promptopt: could not write the instruction cache entry %s (%s); the run's outputs still hold this search", path, err)
+            logger.warning(
+                "lm_eval_promptopt: could not write the instruction cache entry %s (%s); the run's outputs still hold this search",
+                path,
+                err,
+            )
             return None
         return path

@@ -89,7 +89,9 @@ class RunLog:
         self.resumed: dict[str, Any] | None = saved.get("search")
         """The optimizer's state after its last completed step, if this search is resumed."""
         self.trajectory = Trajectory(trajectory, resume=self.resumed is not None) if trajectory else None
-        self.previous: list[dict[str, Any]] = list(self.trajectory.entries) if self.trajectory and self.resumed is not None else []
+        self.previous: list[dict[str, Any]] = (
+            list(self.trajectory.entries) if self.trajectory and self.resumed is not None else []
+        )
         """Trajectory entries of the interrupted process (empty on a fresh search)."""
         self.steps_done: int = saved.get("steps_done", 0)
         self.best: float | None = saved.get("best")
@@ -141,7 +143,9 @@ class RunLog:
         """Check an optimizer's own budget (e.g. GPO's token limit) before the run's stop conditions."""
         self.stop = condition | self.stop
 
-    def step_done(self, score: float | None, state: dict[str, Any], reason: str | None = None, tokens: int = 0) -> str | None:
+    def step_done(
+        self, score: float | None, state: dict[str, Any], reason: str | None = None, tokens: int = 0
+    ) -> str | None:
         """Record a completed step (its score: higher is better; None: not scored; `tokens`: the
         optimizer LLM's so far), save `state`, and return why the search stops now: `reason`
         (the optimizer's own), a stop condition's, or None."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import __version__
 
+
 OPTIONS = "options"
 CONFIG = "optimizer_config"
 

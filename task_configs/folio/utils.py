@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+
 HUB_DATASET_ID = "yale-nlp/FOLIO"
 HUB_PAGE = f"https://huggingface.co/datasets/{HUB_DATASET_ID}"
 
@@ -57,7 +58,7 @@ def _access_help() -> str:
         f"  (1) accept the dataset terms at {HUB_PAGE} with your Hugging Face account, "
         "then export HF_TOKEN=<your access token> (or run `huggingface-cli login`); or\n"
         f"  (2) use local files: export {ENV_DATA_DIR}=/path/to/folio, or pass "
-        f"--metadata '{{\"{METADATA_DATA_DIR}\": \"/path/to/folio\"}}' to lm_eval, "
+        f'--metadata \'{{"{METADATA_DATA_DIR}": "/path/to/folio"}}\' to lm_eval, '
         f"where the directory holds {layouts}."
     )
 
@@ -69,10 +70,7 @@ def normalize_label(label: Any) -> str:
     """Map a raw FOLIO label to one of ``True`` / ``False`` / ``Uncertain``."""
     key = str(label).strip().lower()
     if key not in _LABEL_ALIASES:
-        raise ValueError(
-            f"Unexpected FOLIO label {label!r}; expected one of True, False, "
-            "Uncertain (or Unknown)."
-        )
+        raise ValueError(f"Unexpected FOLIO label {label!r}; expected one of True, False, Uncertain (or Unknown).")
     return _LABEL_ALIASES[key]
 
 
@@ -130,8 +128,7 @@ def find_local_files(data_dir: str | os.PathLike) -> dict[str, str]:
             return {"train": str(train), "validation": str(validation)}
     layouts = " or ".join(f"{a} + {b}" for a, b in LOCAL_FILE_LAYOUTS)
     raise FileNotFoundError(
-        f"FOLIO data directory {str(root)!r} must contain {layouts}; "
-        f"found: {sorted(p.name for p in root.iterdir())}"
+        f"FOLIO data directory {str(root)!r} must contain {layouts}; found: {sorted(p.name for p in root.iterdir())}"
     )
 
 
@@ -143,10 +140,7 @@ def load_local(data_dir: str | os.PathLike):
     # One load per split: v1 train and validation files do not share the same
     # columns, which a single multi-split json load would reject.
     return datasets.DatasetDict(
-        {
-            split: datasets.load_dataset("json", data_files=path, split="train")
-            for split, path in files.items()
-        }
+        {split: datasets.load_dataset("json", data_files=path, split="train") for split, path in files.items()}
     )
 
 
@@ -164,8 +158,7 @@ def load_hub(**load_kwargs):
     missing = {"train", "validation"} - set(ds.keys())
     if missing:
         raise RuntimeError(
-            f"{HUB_DATASET_ID} has splits {sorted(ds.keys())}; expected train and "
-            f"validation.\n{_access_help()}"
+            f"{HUB_DATASET_ID} has splits {sorted(ds.keys())}; expected train and validation.\n{_access_help()}"
         )
     return datasets.DatasetDict({"train": ds["train"], "validation": ds["validation"]})
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 VERSION = "planted-v1"
 OPS: tuple[str, ...] = ("first", "last", "largest", "smallest")
@@ -123,7 +124,9 @@ def load(op: str, planted_data_dir: str | None = None, **_: Any):
             with path.open(encoding="utf-8") as fh:
                 docs = [json.loads(line) for line in fh if line.strip()]
         elif planted_data_dir:
-            raise FileNotFoundError(f"{path} missing (write it with `python -m benchmarks.planted data DIR` in a checkout)")
+            raise FileNotFoundError(
+                f"{path} missing (write it with `python -m benchmarks.planted data DIR` in a checkout)"
+            )
         else:
             docs = make_docs(op, split, SPLIT_SIZES[split])
         splits[split] = datasets.Dataset.from_list(docs)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+
 TEMPERATURE, GRADIENT_NLL, SELECTION_NLL, SCORED, FEWEST, SUBSET, RESTART = 0.2, 0.2, 0.02, 3, 6, 5, 0.12
 
 
@@ -69,7 +70,10 @@ class Reference:
     def reasoning(self, prompt: list[int]) -> list[list[int]]:
         key = tuple(prompt)
         if key not in self.reasoned:  # greedy: the same prompt always gives the same reasoning
-            self.reasoned[key] = [reasoning(self.model, self.tok, self.context(ex, prompt), self.stops, self.max_new) for ex in self.examples]
+            self.reasoned[key] = [
+                reasoning(self.model, self.tok, self.context(ex, prompt), self.stops, self.max_new)
+                for ex in self.examples
+            ]
         return self.reasoned[key]
 
     def score(self, prompt: list[int], reasons: list[list[int]] | None = None, scored: str = "answer") -> Score:
@@ -117,12 +121,16 @@ class Reference:
         self.loss(prompt, pos, reasons, slot).backward()
         return weight[candidates].detach() @ slot.grad
 
-    def proposal(self, prompt: list[int], pos: int, rng: random.Random, topk: int, topq: int, grow: int = 2) -> list[int]:
+    def proposal(
+        self, prompt: list[int], pos: int, rng: random.Random, topk: int, topq: int, grow: int = 2
+    ) -> list[int]:
         """Per-example top-k after "{question}. Use {prefix}" over the allowed tokens but the one
         before `pos`, intersected over `topq` seeded subsets of 5, unioned; k grows by `grow` until
         6 remain; the current token added."""
         with torch.no_grad():
-            rows = [self.model(torch.tensor([ex.question + prompt[:pos]])).logits[0, -1].float() for ex in self.examples]
+            rows = [
+                self.model(torch.tensor([ex.question + prompt[:pos]])).logits[0, -1].float() for ex in self.examples
+            ]
         mask = self.search.scorer.allowed[: rows[0].shape[0]].clone()
         mask[prompt[pos - 1]] = False
         log_probs = [torch.log_softmax(row, -1).masked_fill(~mask, float("-inf")) for row in rows]

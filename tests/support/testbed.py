@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerFast
 
 from benchmarks.tiny_llama import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, init_llama
 
+
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 BUILTIN_CORPUS = """\
@@ -76,7 +77,13 @@ def _corpus(data_dir: Path | None) -> Iterator[str]:
 
 TOKENIZERS = ("bpe", "wordlevel", "metaspace", "llama3")
 
-LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+LLAMA3_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
 
 # Llama-3's layout: "<|begin_of_text|>", then per message a role header, a blank line and the text.
 LLAMA3_CHAT_TEMPLATE = (
@@ -103,7 +110,10 @@ def _train_tokenizer(kind: str, corpus: list[str]) -> Tokenizer:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+            vocab_size=size,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
         tokenizer.train_from_iterator(corpus, trainer=trainer)
         if kind == "llama3":
@@ -116,7 +126,9 @@ def _train_tokenizer(kind: str, corpus: list[str]) -> Tokenizer:
         tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
         tokenizer.normalizer = normalizers.Lowercase()
         tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-        trainer = trainers.WordLevelTrainer(vocab_size=1024, min_frequency=2, special_tokens=SPECIAL_TOKENS, show_progress=False)
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=1024, min_frequency=2, special_tokens=SPECIAL_TOKENS, show_progress=False
+        )
         tokenizer.train_from_iterator(corpus, trainer=trainer)
         return tokenizer
     if kind != "metaspace":
@@ -168,12 +180,25 @@ def build_tiny_model(
     trained = _train_tokenizer(tokenizer, list(_corpus(Path(data_dir) if data_dir else None)))
     llama3 = tokenizer == "llama3"
     if llama3:
-        names = dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>", additional_special_tokens=LLAMA3_SPECIAL_TOKENS[2:4])
+        names = dict(
+            bos_token="<|begin_of_text|>",
+            eos_token="<|eot_id|>",
+            pad_token="<|end_of_text|>",
+            additional_special_tokens=LLAMA3_SPECIAL_TOKENS[2:4],
+        )
         template = LLAMA3_CHAT_TEMPLATE
     else:
-        names = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", additional_special_tokens=SPECIAL_TOKENS[4:])
+        names = dict(
+            bos_token="<s>",
+            eos_token="</s>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+            additional_special_tokens=SPECIAL_TOKENS[4:],
+        )
         template = CHAT_TEMPLATE if system_role else CHAT_TEMPLATE_NO_SYSTEM
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=trained, model_max_length=8192, chat_template=template, **names)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=trained, model_max_length=8192, chat_template=template, **names
+    )
     tokenizer.save_pretrained(out)
 
     model = init_llama(
@@ -209,9 +234,7 @@ def _leaf_tasks(name: str, index: dict) -> list[str]:
     return leaves
 
 
-def write_local_task_overrides(
-    dest_dir: str | Path, data_dir: str | Path, names: tuple[str, ...] = OVERRIDDEN
-) -> Path:
+def write_local_task_overrides(dest_dir: str | Path, data_dir: str | Path, names: tuple[str, ...] = OVERRIDDEN) -> Path:
     """Write ``<task>.yaml`` overrides pointing lm-eval's BBH/MMLU/GSM8k tasks at local files.
 
     `names` are groups or tasks (default: every BBH, MMLU and GSM8k variant the data serves).

@@ -28,6 +28,7 @@ from .embed import NOT_INSTALLED, Embedder, have_sentence_transformers
 from .meta import Entry, choose, meta_prompt, parse_candidate, retrieve, total_steps, word_budget, word_edits
 from .search import Search
 
+
 INITIAL_INSTRUCTION = "Let's think step by step."
 
 __all__ = [

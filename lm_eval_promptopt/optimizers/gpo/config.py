@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .llm import redact_url
 
+
 EMBEDDING_MODEL = "BAAI/bge-base-en-v1.5"
 RETRIEVALS = ("relevance", "recency", "importance", "none")
 UPDATES = ("generation", "editing")
@@ -80,18 +81,26 @@ class GPOConfig:
     concurrency: int = 8
     """Parallel requests when an endpoint needs one request per sample."""
 
-
     def __post_init__(self) -> None:
-        for name, allowed in (("retrieval", RETRIEVALS), ("order", ORDERS), ("update", UPDATES), ("schedule", SCHEDULES)):
+        for name, allowed in (
+            ("retrieval", RETRIEVALS),
+            ("order", ORDERS),
+            ("update", UPDATES),
+            ("schedule", SCHEDULES),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         for name in ("samples", "max_tokens", "epochs", "batch", "k", "concurrency", "budget_end"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1 (leave it out for the paper's count from epochs and batch), got {self.steps}")
+            raise ValueError(
+                f"steps must be at least 1 (leave it out for the paper's count from epochs and batch), got {self.steps}"
+            )
         if self.max_optimizer_tokens is not None and self.max_optimizer_tokens < 1:
-            raise ValueError(f"max_optimizer_tokens must be at least 1 (leave it out for no limit), got {self.max_optimizer_tokens}")
+            raise ValueError(
+                f"max_optimizer_tokens must be at least 1 (leave it out for no limit), got {self.max_optimizer_tokens}"
+            )
         for name in ("warmup", "exemplars", "max_retries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")

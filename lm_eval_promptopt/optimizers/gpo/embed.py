@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from ...errors import PromptOptError
 
+
 NOT_INSTALLED = (
     "retrieval=relevance embeds instructions with sentence-transformers, which is not installed: "
     "pip install 'lm_eval_promptopt[gpo]' (or pip install sentence-transformers), "

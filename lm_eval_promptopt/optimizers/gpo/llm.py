@@ -26,6 +26,7 @@ from ...errors import StageError
 from ...harness.setup import unwrap
 from ...logs import get_logger
 
+
 Log = Callable[[dict[str, Any]], None]
 logger = get_logger(__name__)
 
@@ -168,7 +169,9 @@ class OpenAIChat:
         url, query = split_query(base_url) if base_url else (None, {})
         self._secrets = [s for s in (api_key, password, unquote(password or ""), *query.values()) if s]
         # The client's own retries are off: tenacity retries here, each attempt logged in the trajectory.
-        self.client = openai.OpenAI(base_url=url, api_key=api_key or "unused", timeout=timeout, max_retries=0, default_query=query or None)
+        self.client = openai.OpenAI(
+            base_url=url, api_key=api_key or "unused", timeout=timeout, max_retries=0, default_query=query or None
+        )
         self.timeout = timeout
         self.max_retries = max_retries
         self.concurrency = concurrency
@@ -226,8 +229,17 @@ class OpenAIChat:
             raise OptimizerLLMError(str(failure), failure.status)
         return outcomes
 
-    def _request(self, messages: list[dict], n: int, temperature: float, max_tokens: int, seed: int) -> tuple[list[str], dict]:
-        request = {"model": self.model, "messages": messages, "n": n, "temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+    def _request(
+        self, messages: list[dict], n: int, temperature: float, max_tokens: int, seed: int
+    ) -> tuple[list[str], dict]:
+        request = {
+            "model": self.model,
+            "messages": messages,
+            "n": n,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+        }
         record: dict[str, Any] = {
             "kind": "optimizer_call",
             "backend": self.backend,
@@ -252,10 +264,14 @@ class OpenAIChat:
             texts = retrying(self._attempt, request, record)
         except _NotCompletion:
             failure = record["attempts"][-1]["error"]
-            raise self._failed(record, start, f"{failure} (is it the API's base URL, e.g. ending in /v1?)", "(not retryable)", 200) from None
+            raise self._failed(
+                record, start, f"{failure} (is it the API's base URL, e.g. ending in /v1?)", "(not retryable)", 200
+            ) from None
         except Exception as err:  # noqa: BLE001 (every failure is logged)
             tried = f"after {len(record['attempts'])} attempt(s)" if self._retryable(err) else "(not retryable)"
-            raise self._failed(record, start, record["attempts"][-1]["error"], tried, getattr(err, "status_code", None)) from None
+            raise self._failed(
+                record, start, record["attempts"][-1]["error"], tried, getattr(err, "status_code", None)
+            ) from None
         if self._unusable(texts):
             record["unusable"] = True
         record["seconds"] = round(time.perf_counter() - start, 3)
@@ -270,14 +286,23 @@ class OpenAIChat:
         except Exception as err:
             record["attempts"].append({"error": self._describe(err)})
             raise
-        if not hasattr(response, "choices"):  # a body that is not JSON (an HTML page): the wrong URL, not a transient fault
+        if not hasattr(
+            response, "choices"
+        ):  # a body that is not JSON (an HTML page): the wrong URL, not a transient fault
             body = self._mask(" ".join(str(response).split()))
-            record["attempts"].append({"error": f"HTTP 200 with a body that is not a chat completion: {body[:120]!r}{'...' if len(body) > 120 else ''}"})
+            record["attempts"].append(
+                {
+                    "error": f"HTTP 200 with a body that is not a chat completion: {body[:120]!r}{'...' if len(body) > 120 else ''}"
+                }
+            )
             raise _NotCompletion
         choices = sorted(response.choices or [], key=lambda c: c.index)
         texts = [((c.message.content if c.message else None) or "") for c in choices]
         usage = response.usage
-        tokens = {"prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0, "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
+        tokens = {
+            "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+            "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
+        }
         with self._lock:
             self.usage.add(len(texts), tokens)
         record["response"] = {
@@ -287,7 +312,12 @@ class OpenAIChat:
             "model": getattr(response, "model", None),
         }
         if self._unusable(texts):  # an answer with nothing in it: a fault like a 5xx
-            record["attempts"].append({"error": "no usable answer: " + (f"{len(texts)} choice(s), all empty or unparsable" if texts else "no choices")})
+            record["attempts"].append(
+                {
+                    "error": "no usable answer: "
+                    + (f"{len(texts)} choice(s), all empty or unparsable" if texts else "no choices")
+                }
+            )
         return texts
 
     def _unusable(self, texts: list[str]) -> bool:
@@ -299,7 +329,13 @@ class OpenAIChat:
         attempt["wait_s"] = state.next_action.sleep
         with self._lock:
             self.usage.retries += 1
-        logger.debug("optimizer call %s: attempt %d failed (%s); retrying in %.2f s", record["request_key"], state.attempt_number, attempt["error"], attempt["wait_s"])
+        logger.debug(
+            "optimizer call %s: attempt %d failed (%s); retrying in %.2f s",
+            record["request_key"],
+            state.attempt_number,
+            attempt["error"],
+            attempt["wait_s"],
+        )
         self._tell_retrying(attempt["error"])
 
     def _failed(self, record: dict[str, Any], start: float, failure: str, tried: str, status: int | None) -> _Failed:
@@ -391,7 +427,12 @@ class SelfLM:
         max_length = getattr(self.lm, "max_length", None)
         cap = max_length // 2 if isinstance(max_length, int) and max_length > 1 else None
         max_gen_toks = min(max_tokens, cap) if cap is not None else max_tokens
-        gen_kwargs = {"until": [], "max_gen_toks": max_gen_toks, "do_sample": temperature > 0, "temperature": temperature}
+        gen_kwargs = {
+            "until": [],
+            "max_gen_toks": max_gen_toks,
+            "do_sample": temperature > 0,
+            "temperature": temperature,
+        }
         request = {"model": self.model, "context": context, "n": n, "gen_kwargs": gen_kwargs, "seed": seed}
         if max_gen_toks < max_tokens:  # recorded only when it bites, so other requests keep their keys
             request["max_tokens_capped"] = {"requested": max_tokens, "model_max_length": max_length}

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+
 START, END = "<START>", "<END>"
 PLACEHOLDER = "<Prompt>"
 
@@ -122,7 +123,8 @@ def meta_prompt(
     )
     parts = [
         task,
-        "Here are earlier prompts, each followed by its score. Scores range from 0 to 100, and a higher score is better.\n\n" + history,
+        "Here are earlier prompts, each followed by its score. Scores range from 0 to 100, and a higher score is better.\n\n"
+        + history,
         f"The current prompt is:\n{current}",
     ]
     if exemplars:

@@ -29,7 +29,19 @@ from ..base import OptimizationResult, Problem
 from .config import GPOConfig
 from .embed import Embedder
 from .llm import OpenAIChat, OptimizerLLM, OptimizerLLMError, SelfLM, Usage
-from .meta import END, START, Entry, choose, meta_prompt, parse_candidate, retrieve, total_steps, word_budget, word_edits
+from .meta import (
+    END,
+    START,
+    Entry,
+    choose,
+    meta_prompt,
+    parse_candidate,
+    retrieve,
+    total_steps,
+    word_budget,
+    word_edits,
+)
+
 
 SELECTION_RULE = "best optimize-dev score in the trajectory, initial instruction included; ties to the earliest"
 
@@ -37,7 +49,9 @@ SELECTION_RULE = "best optimize-dev score in the trajectory, initial instruction
 def optimizer_llm(cfg: GPOConfig, problem: Problem) -> OptimizerLLM:
     """The client that writes the candidates: the evaluated model (`self`), or an endpoint."""
     if cfg.optimizer_model == "self":
-        return SelfLM(problem.model, chat_template=problem.chat_template, log=problem.record, replay=problem.log.replayed_calls())
+        return SelfLM(
+            problem.model, chat_template=problem.chat_template, log=problem.record, replay=problem.log.replayed_calls()
+        )
     return OpenAIChat(
         cfg.optimizer_model,
         base_url=cfg.endpoint,
@@ -65,7 +79,9 @@ class Search:
                 f"with batch={cfg.batch} give 0 steps (raise train_size to at least {(cfg.batch + 1) // 2})"
             )
         if cfg.schedule not in ("none", "fixed") and cfg.warmup >= self.steps:
-            raise PromptOptError(f"{problem.task_name}: warmup={cfg.warmup} must be below the number of steps ({self.steps})")
+            raise PromptOptError(
+                f"{problem.task_name}: warmup={cfg.warmup} must be below the number of steps ({self.steps})"
+            )
         if cfg.max_optimizer_tokens is not None:
             problem.log.stop_first(MaxTokens(cfg.max_optimizer_tokens))
         self.embed = Embedder(cfg.embedding_model) if cfg.retrieval == "relevance" else None  # fail before paying
@@ -90,7 +106,9 @@ class Search:
         cfg, problem = self.cfg, self.problem
         stop_reason = "completed"
         try:
-            bar = tqdm(range(len(self.trajectory), self.steps + 1), desc=f"gpo {problem.task_name}", unit="step", leave=False)
+            bar = tqdm(
+                range(len(self.trajectory), self.steps + 1), desc=f"gpo {problem.task_name}", unit="step", leave=False
+            )
             for t in bar:
                 proposed = self.step(t)
                 if not self.proposing:  # a broken optimizer must not pass for a search that kept the start
@@ -144,7 +162,11 @@ class Search:
             )
             self.seen.add(text)
         chosen = choose(scored, {e.instruction for e in self.trajectory})
-        entry = Entry(chosen["instruction"], chosen["dev_score"], t) if chosen else Entry(current.instruction, current.score, t)
+        entry = (
+            Entry(chosen["instruction"], chosen["dev_score"], t)
+            if chosen
+            else Entry(current.instruction, current.score, t)
+        )
         self.trajectory.append(entry)
         problem.record(
             {
@@ -205,7 +227,9 @@ class Search:
                     "usage": self.llm.usage.as_dict(),
                 },
                 "exemplar_train_positions": self.positions,
-                "trajectory": [{"step": e.step, "instruction": e.instruction, "dev_score": e.score} for e in trajectory],
+                "trajectory": [
+                    {"step": e.step, "instruction": e.instruction, "dev_score": e.score} for e in trajectory
+                ],
                 "selection": SELECTION_RULE,
                 "best_step": best.step,
                 "search_seconds": round(time.perf_counter() - self.started, 3),

@@ -28,6 +28,7 @@ from .diagnosis import diagnose
 from .engine import needs_hf, peak_memory_mb
 from .search import Search
 
+
 __all__ = ["Greater", "GreaterConfig", "Search"]
 
 
@@ -91,7 +92,9 @@ class Greater(Optimizer):
                 "extractor": search.extractor,
                 "initial_as_seen": search.initial_as_seen,
                 "reencoding_check": "in_context" if search.in_context else "standalone",
-                "top_prompts": [{"instruction": t, "train_criterion": -c, "dev_score": s} for s, c, t in sorted(dev, reverse=True)],
+                "top_prompts": [
+                    {"instruction": t, "train_criterion": -c, "dev_score": s} for s, c, t in sorted(dev, reverse=True)
+                ],
                 "best_dev_score": best_dev,
                 "steps": history,
                 "diagnosis": diagnose(problem.task_name, history, self.config.extractor),

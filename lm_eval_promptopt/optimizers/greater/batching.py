@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+
 MEMORY_SHARE = 0.5  # of the device's memory (less the weights) one batch may plan for
 CPU_BATCH_TOKENS = 8192
 

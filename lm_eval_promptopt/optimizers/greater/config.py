@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
 INITIAL_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."
 FIXED_PREFIX = "Use"
 """The paper's fixed first word: the search optimizes the text after it."""

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, StaticCache
 
+
 # generation-config fields that add logits processors or otherwise change greedy tokens
 _PROCESSORS = [
     "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "min_length",
@@ -113,5 +114,9 @@ def greedy(
         position = position + 1
         fed += 1
         logits = model(
-            input_ids=token[:, None], attention_mask=full_mask[rows, : width + fed], position_ids=position, logits_to_keep=1, **{key: work}
+            input_ids=token[:, None],
+            attention_mask=full_mask[rows, : width + fed],
+            position_ids=position,
+            logits_to_keep=1,
+            **{key: work},
         ).logits

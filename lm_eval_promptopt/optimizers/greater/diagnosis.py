@@ -7,6 +7,7 @@ from typing import Any
 
 from ...logs import get_logger
 
+
 logger = get_logger(__name__)
 
 MOST = 0.5
@@ -55,6 +56,9 @@ def diagnose(task: str, history: list[dict[str, Any]], extractor: str) -> dict[s
         )
     return {
         "gold_near_zero": share,
-        "criterion_vs_harness_train": [{"step": h["step"], "criterion": h["criterion"], "harness_train_score": h.get("harness_train_score")} for h in steps],
+        "criterion_vs_harness_train": [
+            {"step": h["step"], "criterion": h["criterion"], "harness_train_score": h.get("harness_train_score")}
+            for h in steps
+        ],
         "spearman_criterion_harness": spearman([a for a, _ in pairs], [b for _, b in pairs]),
     }

@@ -31,6 +31,7 @@ from .config import GreaterConfig
 from .decode import cache_keyword, greedy, unsupported
 from .flops import Shape
 
+
 log = get_logger(__name__)
 
 
@@ -94,7 +95,9 @@ class Engine:
         """Why generation falls back to Hugging Face `generate` (None: `decode.greedy` runs)."""
         self.cache_key = cache_keyword(self.model)
         if self.fallback:
-            log.warning("GReaTer generates with Hugging Face generate: the fast greedy decoder cannot run (%s)", self.fallback)
+            log.warning(
+                "GReaTer generates with Hugging Face generate: the fast greedy decoder cannot run (%s)", self.fallback
+            )
         self.shape = Shape(self.model)
         self.current = "other"
         """The phase now running: FLOPs are counted to it (counters `flops_<phase>`)."""
@@ -133,7 +136,9 @@ class Engine:
         ids, mask = padded(seqs, self.pad)
         return ids.to(self.device), mask.to(self.device)
 
-    def hidden(self, mask: torch.Tensor, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(
+        self, mask: torch.Tensor, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self.counters.add("forward_passes")
         self.counters.add("tokens_processed", int(mask.sum()))
         self.count(mask.numel(), mask.shape[1])
@@ -208,7 +213,9 @@ class Engine:
         return self.generate_and_read(contexts, None)[0]
 
     @torch.no_grad()
-    def generate_and_read(self, contexts: list[list[int]], tails: list[list[int]] | None) -> tuple[list[list[int]], list[torch.Tensor]]:
+    def generate_and_read(
+        self, contexts: list[list[int]], tails: list[list[int]] | None
+    ) -> tuple[list[list[int]], list[torch.Tensor]]:
         """Greedy reasoning for every context: longest first, in as few left-padded batches as
         memory allows, returned in the given order. With `tails`: per row also the hidden states
         over [the reasoning's last token (or the context's)] + tail, read off the generation's own
@@ -236,12 +243,25 @@ class Engine:
             self.new_tokens = max(self.new_tokens, cached + 1)
             if tails is not None:
                 with self.phase("forwards"):
-                    hidden = self._read_tails(cache, mask, cached, [contexts[i] for i in chunk], [out[i] for i in chunk], [tails[i] for i in chunk])
+                    hidden = self._read_tails(
+                        cache,
+                        mask,
+                        cached,
+                        [contexts[i] for i in chunk],
+                        [out[i] for i in chunk],
+                        [tails[i] for i in chunk],
+                    )
                 read += [(i, h) for i, h in zip(chunk, hidden)]
         return out, [h for _, h in sorted(read, key=lambda x: x[0])]
 
     def _read_tails(
-        self, cache: Any, mask: torch.Tensor, cached: int, contexts: list[list[int]], reasonings: list[list[int]], tails: list[list[int]]
+        self,
+        cache: Any,
+        mask: torch.Tensor,
+        cached: int,
+        contexts: list[list[int]],
+        reasonings: list[list[int]],
+        tails: list[list[int]],
     ) -> list[torch.Tensor]:
         """Hidden states over each row's [last token before the tail] + tail, one forward on the
         generation's cache: decoded tokens past the row's reasoning are masked out, the reasoning
@@ -262,9 +282,14 @@ class Engine:
         self.counters.add("tokens_processed", int(new.sum()))
         self.count(new.numel(), kept.shape[1] + new.shape[1])
         hidden = self.model.base_model(
-            input_ids=ids, attention_mask=torch.cat([kept.to(self.device), new], dim=1), position_ids=positions, **{self.cache_key: cache}
+            input_ids=ids,
+            attention_mask=torch.cat([kept.to(self.device), new], dim=1),
+            position_ids=positions,
+            **{self.cache_key: cache},
         ).last_hidden_state
-        return [hidden[row, len(feed) - len(tail) - 1 : len(feed)] for row, (feed, tail) in enumerate(zip(feeds, tails))]
+        return [
+            hidden[row, len(feed) - len(tail) - 1 : len(feed)] for row, (feed, tail) in enumerate(zip(feeds, tails))
+        ]
 
     # -- forwards ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -295,7 +320,9 @@ class Engine:
                 ids, mask = self.batch([list(h) for h in chunk])
                 hidden = self.hidden(mask, ids=ids)
                 for row, head in enumerate(chunk):
-                    at = torch.tensor([t for t in range(len(head) - n, len(head)) if t > 0], dtype=torch.long, device=self.device)
+                    at = torch.tensor(
+                        [t for t in range(len(head) - n, len(head)) if t > 0], dtype=torch.long, device=self.device
+                    )
                     if len(at):
                         log_probs = torch.log_softmax(self.logits(hidden[row, at - 1]), dim=-1)
                         values[head] = -float(log_probs.gather(1, ids[row, at][:, None]).mean())

@@ -49,7 +49,15 @@ def pieces_in_context(lm: Any, text: str, span: tuple[int, int]) -> tuple[list[i
     parts: tuple[list[int], list[int], list[int]] = (list(ids[:extra]), [], [])
     part = 0
     for token, (start, end) in zip(plain, offsets):
-        where = 0 if end <= span[0] and start < span[0] else 2 if start >= span[1] else 1 if span[0] <= start and end <= span[1] else -1
+        where = (
+            0
+            if end <= span[0] and start < span[0]
+            else 2
+            if start >= span[1]
+            else 1
+            if span[0] <= start and end <= span[1]
+            else -1
+        )
         if where < part:  # straddles an edge, or out of order
             return None
         part = where
@@ -101,7 +109,9 @@ def build_examples(
         context, answer_text = extractor_pieces(extractor, frame, written[i], family, sep)
         extractor_ids, answer = split_pair(tok, context, answer_text)
         if not answer:
-            raise PromptOptError(f"{problem.task_name}: the gold answer {written[i]!r} encodes to no tokens with this tokenizer")
+            raise PromptOptError(
+                f"{problem.task_name}: the gold answer {written[i]!r} encodes to no tokens with this tokenizer"
+            )
         examples.append(Example(prefix, rest, proposal, answer, extractor_ids))
     return examples, None if multiple_choice else extractor_text(extractor, frame, family)
 

@@ -20,7 +20,9 @@ def matrices(model: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
     but the embeddings), and the output head's."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     head = model.get_output_embeddings().weight
-    return [p for p in model.base_model.parameters() if p.dim() == 2 and id(p) not in embeddings and p is not head], head
+    return [
+        p for p in model.base_model.parameters() if p.dim() == 2 and id(p) not in embeddings and p is not head
+    ], head
 
 
 class Shape:
@@ -32,10 +34,16 @@ class Shape:
         self.layer_weights = sum(p.numel() for p in layers)
         """Weights of the decoder layers' matrices (all layers)."""
         heads = cfg.num_attention_heads
-        self.attention_width = cfg.num_hidden_layers * heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+        self.attention_width = (
+            cfg.num_hidden_layers * heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+        )
         self.head_weights = head.numel()
 
     def forward(self, tokens: int, attended: int, logits: int) -> int:
         """FLOPs of running `tokens` tokens each attending to `attended` positions, with logits at
         `logits` of them."""
-        return 2 * tokens * self.layer_weights + 4 * tokens * attended * self.attention_width + 2 * logits * self.head_weights
+        return (
+            2 * tokens * self.layer_weights
+            + 4 * tokens * attended * self.attention_width
+            + 2 * logits * self.head_weights
+        )

@@ -48,7 +48,9 @@ NEAR_ZERO = 0.01
 class Scorer:
     """Reasoning, proposal, gradient and criterion for prompts after `fixed` on `examples`."""
 
-    def __init__(self, config: GreaterConfig, engine: Engine, examples: list[Example], fixed: list[int], allowed: torch.Tensor) -> None:
+    def __init__(
+        self, config: GreaterConfig, engine: Engine, examples: list[Example], fixed: list[int], allowed: torch.Tensor
+    ) -> None:
         self.config = config
         self.engine = engine
         self.examples = examples
@@ -93,7 +95,9 @@ class Scorer:
             union.add(prompt[pos])
         return sorted(union)
 
-    def rows(self, prompt: list[int], reasoning: list[list[int]]) -> tuple[list[list[int]], list[range], list[range], list[int]]:
+    def rows(
+        self, prompt: list[int], reasoning: list[list[int]]
+    ) -> tuple[list[list[int]], list[range], list[range], list[int]]:
         """Full sequences, answer spans, prompt spans, and the example each row belongs to."""
         seqs, answers, prompts, owner = [], [], [], []
         for i, ex in enumerate(self.examples):
@@ -106,7 +110,9 @@ class Scorer:
                 owner.append(i)
         return seqs, answers, prompts, owner
 
-    def losses(self, hidden, seqs, answers, prompts, owner, batch_examples) -> tuple[list[torch.Tensor], list[float], list[torch.Tensor]]:
+    def losses(
+        self, hidden, seqs, answers, prompts, owner, batch_examples
+    ) -> tuple[list[torch.Tensor], list[float], list[torch.Tensor]]:
         """Per example: answer loss (CE with logits/T), error (0/1), prompt NLL."""
         logits, gold, nll = self.engine.sequence_terms(hidden, seqs, answers, prompts)
         losses, errors, nlls = [], [], []
@@ -151,7 +157,12 @@ class Scorer:
                 for j, r in enumerate(rows):
                     embeds[j, len(self.examples[owner[r]].prefix) + len(self.fixed) + pos] = slot
                 hidden = engine.hidden(mask, embeds=embeds)
-                sub = [seqs[r] for r in rows], [answers[r] for r in rows], [prompts[r] for r in rows], [owner[r] for r in rows]
+                sub = (
+                    [seqs[r] for r in rows],
+                    [answers[r] for r in rows],
+                    [prompts[r] for r in rows],
+                    [owner[r] for r in rows],
+                )
                 losses, _, nlls = self.losses(hidden, *sub, batch)
                 total = sum(loss + GRADIENT_FLUENCY * n for loss, n in zip(losses, nlls))
             with engine.phase("backwards"):
@@ -177,11 +188,17 @@ class Scorer:
                 for i, ex in enumerate(self.examples):
                     logits = engine.logits(hidden[k * n + i][len(ex.extractor) : len(ex.extractor) + len(ex.answer)])
                     errors.append(float(logits.argmax(-1).tolist() != ex.answer))
-                    gold = torch.log_softmax(logits, -1).gather(1, torch.tensor(ex.answer, device=logits.device)[:, None]).sum()
+                    gold = (
+                        torch.log_softmax(logits, -1)
+                        .gather(1, torch.tensor(ex.answer, device=logits.device)[:, None])
+                        .sum()
+                    )
                     near_zero += float(gold.exp()) < NEAR_ZERO
             nlls = engine.prompt_nll([ex.prefix + self.fixed + prompt for ex in self.examples], len(prompt))
             error, nll = sum(errors) / n, sum(nlls) / n
-            results.append(Scored(error + SELECTION_FLUENCY * nll, error, nll, flat[k * n : (k + 1) * n], near_zero / n))
+            results.append(
+                Scored(error + SELECTION_FLUENCY * nll, error, nll, flat[k * n : (k + 1) * n], near_zero / n)
+            )
         return results
 
     def _score_choices(self, prompt: list[int]) -> Scored:
@@ -193,7 +210,12 @@ class Scorer:
                 rows = [r for r, o in enumerate(owner) if o in batch]
                 ids, mask = self.engine.batch([seqs[r] for r in rows])
                 hidden = self.engine.hidden(mask, ids=ids)
-                sub = [seqs[r] for r in rows], [answers[r] for r in rows], [spans[r] for r in rows], [owner[r] for r in rows]
+                sub = (
+                    [seqs[r] for r in rows],
+                    [answers[r] for r in rows],
+                    [spans[r] for r in rows],
+                    [owner[r] for r in rows],
+                )
                 _, batch_errors, batch_nlls = self.losses(hidden, *sub, batch)
                 errors += batch_errors
                 nlls += [float(n) for n in batch_nlls]

@@ -32,6 +32,7 @@ from .engine import Engine, hf_model
 from .examples import allowed_token_mask, build_examples, pieces_in_context, placeholder_token
 from .scoring import Scored, Scorer
 
+
 logger = get_logger(__name__)
 
 
@@ -52,7 +53,9 @@ def select(ranked: list[tuple[list[int], float, str]], pos: int, initial_length:
     return best[0] if best else None
 
 
-def advance(prompt: list[int], pos: int, criterion: float, placeholder: int, last_ends_sentence: bool) -> tuple[list[int], int]:
+def advance(
+    prompt: list[int], pos: int, criterion: float, placeholder: int, last_ends_sentence: bool
+) -> tuple[list[int], int]:
     """The next (prompt, position): one position on; past the end, wrap to 0 if the last token
     ends a sentence, else grow the prompt by a placeholder; a criterion below 0.12 restarts at 0."""
     pos += 1
@@ -81,12 +84,20 @@ class Search:
         special = set(tok.all_special_ids)
         fixed = tok.encode(FIXED_PREFIX, add_special_tokens=False)
         if not fixed or special & set(fixed):
-            raise PromptOptError(f"greater: this tokenizer cannot write the paper's fixed {FIXED_PREFIX!r} (it encodes to {tok.convert_ids_to_tokens(fixed)})")
+            raise PromptOptError(
+                f"greater: this tokenizer cannot write the paper's fixed {FIXED_PREFIX!r} (it encodes to {tok.convert_ids_to_tokens(fixed)})"
+            )
         whole = tok.encode(instruction, add_special_tokens=False)
-        tail = whole[len(fixed) :] if whole[: len(fixed)] == fixed else tok.encode(instruction[len(FIXED_PREFIX) :], add_special_tokens=False)
+        tail = (
+            whole[len(fixed) :]
+            if whole[: len(fixed)] == fixed
+            else tok.encode(instruction[len(FIXED_PREFIX) :], add_special_tokens=False)
+        )
         prompt = [t for t in tail if t not in special]  # e.g. <unk>: no text can stand for it
         if not prompt:
-            raise PromptOptError(f"greater needs an initial instruction with words after 'Use' that the tokenizer can represent, got {instruction!r}")
+            raise PromptOptError(
+                f"greater needs an initial instruction with words after 'Use' that the tokenizer can represent, got {instruction!r}"
+            )
         gen_kwargs = problem.generation_kwargs
         until = gen_kwargs.get("until") or []
         stop = [until] if isinstance(until, str) else list(until)
@@ -97,14 +108,20 @@ class Search:
         self.initial_as_seen = None if start == instruction else start
         """The initial instruction as the tokenizer gives it back, where it does not round-trip."""
         if self.initial_as_seen is not None:
-            logger.info(f"lm_eval_promptopt: {problem.task_name}: the tokenizer does not round-trip the initial instruction; the search starts from, and the harness sees, {start!r}")
+            logger.info(
+                f"lm_eval_promptopt: {problem.task_name}: the tokenizer does not round-trip the initial instruction; the search starts from, and the harness sees, {start!r}"
+            )
         docs = problem.docs("train")
         if not docs:
-            raise PromptOptError(f"{problem.task_name}: greater needs at least one optimize-train doc (train_size >= 1)")
+            raise PromptOptError(
+                f"{problem.task_name}: greater needs at least one optimize-train doc (train_size >= 1)"
+            )
         self.first_doc = docs[0]
         self.initial = self._ids_in_context(start, prompt)
         """The initial prompt's ids (after `fixed`)."""
-        self.examples, self.extractor = build_examples(problem, lm, start, self.fixed + self.initial, config.extractor, FIXED_PREFIX)
+        self.examples, self.extractor = build_examples(
+            problem, lm, start, self.fixed + self.initial, config.extractor, FIXED_PREFIX
+        )
         self.in_context = True
         if not self.reencodes(self.initial):
             self.in_context = False
@@ -112,7 +129,9 @@ class Search:
                 f"lm_eval_promptopt: {problem.task_name}: the initial instruction tokenises differently inside the rendered prompt "
                 "(it merges with the text around it); candidates are checked for re-encoding on their own instead"
             )
-        self.scorer = Scorer(config, self.engine, self.examples, self.fixed, allowed_token_mask(tok, self.engine.embeddings.shape[0]))
+        self.scorer = Scorer(
+            config, self.engine, self.examples, self.fixed, allowed_token_mask(tok, self.engine.embeddings.shape[0])
+        )
         self.placeholder = placeholder_token(tok)
         self.memo: dict[tuple[int, ...], Scored] = {}
         """Every prompt scored so far (a resumed search reads them back from the journal)."""
@@ -145,7 +164,9 @@ class Search:
             return self.tok.encode(text, add_special_tokens=False) == self.fixed + prompt
         rendered = self.problem.render(self.first_doc, text)
         ex = self.examples[0]
-        return rendered.span is not None and self.lm.tok_encode(rendered.text) == ex.prefix + self.fixed + prompt + ex.rest
+        return (
+            rendered.span is not None and self.lm.tok_encode(rendered.text) == ex.prefix + self.fixed + prompt + ex.rest
+        )
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, rng: random.Random) -> tuple[list[tuple[float, list[int]]], list[dict[str, Any]], str]:
@@ -155,9 +176,13 @@ class Search:
         prompt, pos, skipped = list(state["prompt"]), state["pos"], state["skipped"]
         top = [(c, list(ids)) for c, ids in state["top"]]
         history = list(state["history"])
-        reasoning, reasoning_for = (self.memo[tuple(prompt)].reasoning, list(prompt)) if tuple(prompt) in self.memo else (None, None)
+        reasoning, reasoning_for = (
+            (self.memo[tuple(prompt)].reasoning, list(prompt)) if tuple(prompt) in self.memo else (None, None)
+        )
         stop_reason = "steps"
-        steps = tqdm(range(state["step"], self.config.steps), desc=f"greater {self.problem.task_name}", unit="step", leave=False)
+        steps = tqdm(
+            range(state["step"], self.config.steps), desc=f"greater {self.problem.task_name}", unit="step", leave=False
+        )
         for step in steps:
             started, counters, seconds = time.perf_counter(), dict(self.engine.counters), dict(self.engine.seconds)
             self.engine.rows, self.engine.shapes, self.engine.new_tokens = {}, [], 0
@@ -172,7 +197,9 @@ class Search:
             prompt, reasoning, reasoning_for = list(best), scored.reasoning, list(best)
             if all(ids != prompt for _, ids in top):
                 top = sorted([*top, (scored.criterion, list(prompt))], key=lambda x: x[0])[:TOP_KEPT]
-            prompt, pos = advance(prompt, pos, scored.criterion, self.placeholder, ends_sentence(self.tok.decode([prompt[-1]])))
+            prompt, pos = advance(
+                prompt, pos, scored.criterion, self.placeholder, ends_sentence(self.tok.decode([prompt[-1]]))
+            )
             state = {
                 "step": step + 1,
                 "prompt": prompt,
@@ -204,10 +231,14 @@ class Search:
         self.initial_length = state["initial_length"]
         self.engine.counters.update(state["counters"])
         for e in log.journal():
-            self.memo[tuple(e["ids"])] = Scored(e["criterion"], e["error"], e["nll"], e["reasoning"], e.get("gold_near_zero"))
+            self.memo[tuple(e["ids"])] = Scored(
+                e["criterion"], e["error"], e["nll"], e["reasoning"], e.get("gold_near_zero")
+            )
         return state
 
-    def _step(self, step: int, prompt: list[int], pos: int, reasoning: list[list[int]], rng: random.Random) -> tuple[dict[str, Any], list[int], int]:
+    def _step(
+        self, step: int, prompt: list[int], pos: int, reasoning: list[list[int]], rng: random.Random
+    ) -> tuple[dict[str, Any], list[int], int]:
         """One position: propose, rank by gradient, score, select. The step's record, the chosen
         prompt, and the candidates skipped for not re-encoding."""
         candidates = self.scorer.propose(prompt, pos, rng)
