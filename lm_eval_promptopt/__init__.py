@@ -6,8 +6,9 @@ is cheap on purpose: the startup hook imports it in every interpreter, so the AP
 
 from typing import Any
 
+from .version import __version__
 
-__version__ = "0.1.0"
+
 __all__ = ["simple_evaluate", "__version__"]
 
 

@@ -22,16 +22,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import PromptOptError, StageError
 from .harness.context import check_fits
+from .harness.heldout import evaluate_final, evaluate_initial, heldout_samples
 from .harness.objective import Objective, TaskSplits, group_metric, primary_metric
-from .harness.prompting import Placement, bind_instruction, detect_placement
+from .harness.prompting import Placement, detect_placement
 from .harness.settings import EvalSettings
 from .harness.setup import (
     apply_task_overrides,
     build_lm,
-    limited,
     limited_plan,
-    quiet_harness,
-    root_items,
     seed_everything,
 )
 from .harness.splits import SplitPlan, plan_splits
@@ -57,10 +55,6 @@ from .run.transfer import Source, check_transfer
 
 
 logger = get_logger(__name__)
-RUN_KEY_ARGS = ("model", "model_args", "tasks", "num_fewshot", "gen_kwargs", "limit", "apply_chat_template",
-                "fewshot_as_multiturn", "system_instruction", "random_seed", "numpy_random_seed",
-                "torch_random_seed", "fewshot_random_seed")  # fmt: skip
-"""The lm-eval settings that make a rerun "the same command" (it resumes)."""
 
 
 @dataclass
@@ -241,10 +235,8 @@ class OptimizeRun:
     def _evaluate(self, bench: Workbench) -> dict[str, Any] | None:
         """lm-eval's own `simple_evaluate` on the held-out docs, each task bound to its final
         instruction (with compare_baseline, `evaluate()` with the initial ones first)."""
-        from lm_eval.evaluator import evaluate, simple_evaluate
-
         settings, loaded, lm, placement = bench.settings, bench.loaded, bench.lm, bench.placement
-        samples = {o.task: limited(list(bench.plans[o.task].heldout.indices), settings.limit) for o in self.outcomes}
+        samples = heldout_samples(bench.plans, [o.task for o in self.outcomes], settings.limit)
         if settings.limit is not None:  # the record lists what was evaluated
             for outcome in self.outcomes:
                 outcome.plan = limited_plan(outcome.plan, samples[outcome.task], settings.limit)
@@ -252,33 +244,14 @@ class OptimizeRun:
         metrics.update({name: group_metric(g) for name, g in loaded["groups"].items() if group_metric(g)})
         baseline = None
         if self.options.compare_baseline:
-            for outcome in self.outcomes:
-                bind_instruction(loaded["tasks"][outcome.task], outcome.initial_instruction, placement)
-            apply_task_overrides(
-                loaded["tasks"], settings.gen_kwargs, settings.num_fewshot, settings.fewshot_random_seed
-            )
-            with quiet_harness():
-                baseline = evaluate(
-                    lm=lm,
-                    task_dict=loaded,
-                    samples=samples,
-                    bootstrap_iters=0,
-                    log_samples=False,
-                    **bench.settings.evaluate_kwargs(),
-                )
-        for outcome in self.outcomes:
-            bind_instruction(loaded["tasks"][outcome.task], outcome.final_instruction, placement)
-        final_kw = settings.lm_eval_kwargs(
-            model=lm, tasks=root_items(loaded), samples=samples, limit=None, system_instruction=None, use_cache=None
-        )
+            initial = {o.task: o.initial_instruction for o in self.outcomes}
+            baseline = evaluate_initial(initial, lm, loaded, samples, placement, settings)
         with self._phase("evaluation"):
-            results = simple_evaluate(**final_kw)
+            final = {o.task: o.final_instruction for o in self.outcomes}
+            results = evaluate_final(final, lm, loaded, samples, placement, settings)
         if results is None:  # not the main process
             return None
-        instructions = {o.task: o.final_instruction for o in self.outcomes}
-        fill_tracker(
-            settings.evaluation_tracker, instructions, settings.model, settings.model_args, self.run_dir.parent.name
-        )
+        fill_tracker(settings.evaluation_tracker, final, settings.model, settings.model_args, self.run_dir.parent.name)
         if isinstance(settings.model, str):  # name the model as a stock run does, not the LM class
             results["config"]["model"] = settings.model
         results["config"]["limit"] = settings.limit  # lm-eval evaluated our `samples`, so it recorded none
@@ -430,7 +403,7 @@ class OptimizeRun:
         """What makes a rerun "the same command" (and so resumes an interrupted run)."""
         return digest(
             {
-                "command": {k: getattr(settings, k) for k in RUN_KEY_ARGS},
+                "command": settings.command_identity(),
                 "optimizer": self.optimizer_cls.name,
                 "config": asdict(self.config),
                 "options": asdict(self.options),

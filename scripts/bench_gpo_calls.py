@@ -29,7 +29,7 @@ from scripted_server import ScriptedServer, edit_toward  # noqa: E402
 
 from lm_eval_promptopt.optimizers.base import Problem  # noqa: E402
 from lm_eval_promptopt.optimizers.gpo import GPO, GPOConfig  # noqa: E402
-from lm_eval_promptopt.optimizers.gpo.llm import OpenAIChat  # noqa: E402
+from lm_eval_promptopt.optimizers.gpo.endpoint import OpenAIChat  # noqa: E402
 
 
 MODES = {"honours n": {}, "ignores n": {"honour_n": False}, "refuses n": {"reject_n": True}}

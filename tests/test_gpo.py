@@ -39,7 +39,8 @@ from lm_eval_promptopt.optimizers.gpo import (
     word_budget,
     word_edits,
 )
-from lm_eval_promptopt.optimizers.gpo.llm import OpenAIChat, OptimizerLLMError, SelfLM
+from lm_eval_promptopt.optimizers.gpo.endpoint import OpenAIChat
+from lm_eval_promptopt.optimizers.gpo.llm import OptimizerLLMError, SelfLM
 from lm_eval_promptopt.options import parse_optimize_args
 from lm_eval_promptopt.run.log import RunLog, Trajectory
 from lm_eval_promptopt.run.stop import AnyOf, TimeLimit

@@ -15,7 +15,7 @@ from conftest import needs_shared_data
 from scripted_server import ScriptedServer, edit_toward
 from test_gpo import run_gpo
 
-from lm_eval_promptopt.optimizers.gpo.llm import OpenAIChat
+from lm_eval_promptopt.optimizers.gpo.endpoint import OpenAIChat
 
 
 DELAY = 0.8  # seconds the server takes per answer (a model's generation time)

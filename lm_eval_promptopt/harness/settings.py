@@ -32,6 +32,12 @@ def check_names(kwargs: dict[str, Any]) -> Any:
     return params
 
 
+RUN_KEY_ARGS = ("model", "model_args", "tasks", "num_fewshot", "gen_kwargs", "limit", "apply_chat_template",
+                "fewshot_as_multiturn", "system_instruction", "random_seed", "numpy_random_seed",
+                "torch_random_seed", "fewshot_random_seed")  # fmt: skip
+"""The settings that make a rerun "the same command" (it resumes)."""
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """The lm-eval arguments of one run (defaults: `lm_eval.evaluator.simple_evaluate`'s)."""
@@ -80,6 +86,10 @@ class EvalSettings:
         tasks = mine.get("tasks")
         mine["tasks"] = [tasks] if isinstance(tasks, str) else list(tasks or [])
         return cls(**mine, output_path=Path(output_path) if output_path else None, passthrough=values)
+
+    def command_identity(self) -> dict[str, Any]:
+        """The values of `RUN_KEY_ARGS`."""
+        return {name: getattr(self, name) for name in RUN_KEY_ARGS}
 
     def seeds(self) -> dict[str, int | None]:
         """The four seeds, named as the run records name them."""

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..errors import PromptOptError
 from ..run.files import read_jsonl, write_json
+from ..version import __version__
 from .board import fmt
 from .markdown import markdown_table
 

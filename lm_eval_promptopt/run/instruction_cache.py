@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..errors import PromptOptError
 from ..harness.setup import unwrap
 from ..logs import get_logger
+from ..version import __version__
 from .files import unwritable, write_json
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .. import __version__
+from ..version import __version__
 
 
 OPTIONS = "options"

@@ -28,7 +28,8 @@ from ...run.stop import MaxTokens
 from ..base import OptimizationResult, Problem
 from .config import GPOConfig
 from .embed import Embedder
-from .llm import OpenAIChat, OptimizerLLM, OptimizerLLMError, SelfLM, Usage
+from .endpoint import OpenAIChat
+from .llm import OptimizerLLM, OptimizerLLMError, SelfLM, Usage
 from .meta import (
     END,
     START,
