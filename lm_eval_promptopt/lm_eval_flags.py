@@ -47,12 +47,13 @@ def add_argument_group(parser: argparse.ArgumentParser) -> None:
             """\
             Settings as k=v,... or a JSON object; quote values with commas. For every optimizer:
             seed (split and search seed, default 0), train_size / dev_size (per task; default by
-            task family, see README), instruction (initial instruction), compare_baseline=true
+            task family, see docs/splits.md), instruction (initial instruction), compare_baseline=true
             (also evaluate held-out with the initial instruction and print the difference),
             metric (objective as metric,filter, quoted for its comma, e.g.
             'metric="exact_match,flexible-extract"'; default: what the task's group aggregates),
-            refresh=true (search again despite a cached search). Optimizer settings: see README
-            (candidates: file=PATH or candidates='A|B|C'; greater: steps, topk, topq, ...)."""
+            refresh=true (search again despite a cached search). Optimizer settings: see
+            docs/optimizers/ (candidates: file=PATH or candidates='A|B|C'; greater: steps, topk,
+            topq, ...); every setting: docs/flags.md."""
         ),
     )
     group.add_argument(

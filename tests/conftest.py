@@ -29,7 +29,7 @@ REPO = TESTS.parent
 SITE = TESTS / "support" / "site"
 SHARED_DATA = REPO.parent / "shared" / "data"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-#: The one skip message of every test that needs the real benchmark data (README: which tests).
+#: The one skip message of every test that needs the real benchmark data (which tests: docs/contributing/test-bed.md).
 NO_SHARED_DATA = f"real benchmark data not found at {SHARED_DATA} (check out ../shared beside the repo)"
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=NO_SHARED_DATA)
 

@@ -12,7 +12,7 @@ move: pure functions), `embed.py` (embeddings for retrieval=relevance), `llm.py`
 optimizer-LLM clients), `search.py` (one task's search: state and step loop); here, the
 registered optimizer and its checks before the model loads.
 
-Spec: shared/reference/gpo.md. Deviations from the reference code: see README (GPO).
+Spec: shared/reference/gpo.md. Deviations from the reference code: docs/optimizers/gpo.md.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ The 10 best prompts seen are finally scored on optimize-dev by the harness.
 Modules: `config` (settings, the paper's constants), `examples` (train docs as token pieces),
 `batching` (padding, batch sizes), `engine` (generation and forwards), `scoring` (proposal,
 gradient, criterion), `search` (one task's search: state, step loop, rules).
-Spec: shared/reference/greater.md. Fixed defects of the reference: see README (GReaTer).
+Spec: shared/reference/greater.md. Fixed defects of the reference: docs/optimizers/greater.md (the deviations).
 """
 
 from __future__ import annotations
