@@ -28,12 +28,18 @@ def _steps(near: list[float]) -> list[dict]:
 
 def test_one_warning_line_when_the_gold_is_near_zero_on_most_train_docs(capsys):
     assert diagnose("t", _steps([0.4, 0.5]), "paper")["gold_near_zero"] == pytest.approx(0.45)
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
     diagnose("t", _steps([0.6, 0.8]), "paper")
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1 and "t: greater" in out and "70% of train docs" in out and "try extractor=task" in out
+    out, err = capsys.readouterr()  # a warning: on stderr, through our logger
+    assert (
+        out == ""
+        and err.count("\n") == 1
+        and "t: greater" in err
+        and "70% of train docs" in err
+        and "try extractor=task" in err
+    )
     diagnose("t", _steps([1.0]), "task")
-    assert "extractor=task" not in capsys.readouterr().out
+    assert "extractor=task" not in capsys.readouterr().err
 
 
 def _gold_near_zero(search: Search, prompt: list[int]) -> float:
@@ -66,7 +72,7 @@ def test_each_step_records_the_harness_train_score_and_the_gold_share(lm, tasks,
     assert diagnosis["spearman_criterion_harness"] == spearman(*map(list, zip(*pairs)))
     assert [d["harness_train_score"] for d in diagnosis["criterion_vs_harness_train"]] == [p[1] for p in pairs]
     # the random tiny model never reaches the gold after the paper's frame: the warning says so
-    assert diagnosis["gold_near_zero"] == 1.0 and "try extractor=task" in capsys.readouterr().out
+    assert diagnosis["gold_near_zero"] == 1.0 and "try extractor=task" in capsys.readouterr().err
 
     plain = Greater(GreaterConfig(steps=1, max_reasoning_tokens=5, batch_size=6)).optimize(
         make_problem(lm, tasks[TASK])
