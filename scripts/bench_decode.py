@@ -53,21 +53,11 @@ def main() -> None:
 
     from lm_eval_promptopt.optimizers.greater.config import GreaterConfig
     from lm_eval_promptopt.optimizers.greater.engine import Engine
-    from tests.support.testbed import build_tiny_model
+    from tests.support.testbed import bench_model
 
     torch.set_num_threads(args.threads)
     model = Path(args.model).resolve() if args.model else Path(args.out).resolve() / "tiny_llama3"
-    if not (model / "config.json").is_file():
-        build_tiny_model(
-            model,
-            seed=0,
-            data_dir=args.data,
-            tokenizer="llama3",
-            hidden_size=256,
-            intermediate_size=512,
-            layers=4,
-            heads=4,
-        )
+    bench_model(model, args.data)
     lm = HFLM(pretrained=str(model), device="cpu", batch_size=1, dtype="float32")
     rng = random.Random(args.seed)
     special = set(lm.tokenizer.all_special_ids)

@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.testbed import build_tiny_model, write_local_task_overrides  # noqa: E402
+from tests.support.testbed import bench_model, write_local_task_overrides  # noqa: E402
 
 
 PHASES = ["generation", "forwards", "backwards", "proposal"]
@@ -167,17 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out).resolve()
     model = Path(args.model).resolve() if args.model else out / "tiny_llama3"
-    if not (model / "config.json").is_file():
-        build_tiny_model(
-            model,
-            seed=0,
-            data_dir=args.data,
-            tokenizer="llama3",
-            hidden_size=256,
-            intermediate_size=512,
-            layers=4,
-            heads=4,
-        )
+    bench_model(model, args.data)
     tasks = write_local_task_overrides(out / "tasks", args.data, names=(args.task,))
     results_dir = out / f"results_{int(time.time())}"
     settings = f"steps={args.steps},train_size={args.train},dev_size=10,max_reasoning_tokens={args.reasoning},topk={args.topk},topq={args.topq},seed={args.seed}"

@@ -93,6 +93,11 @@ def lm_eval_command(entry: str = "lm_eval") -> list[str]:
     return [sys.executable, str(TESTS / f"{entry}.py")]
 
 
+def hf_on_cpu(model: str | Path) -> list[str]:
+    """`lm_eval` flags for a local HF model folder on the CPU."""
+    return ["--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu"]
+
+
 def run_lm_eval(args: list[str], entry: str = "lm_eval", check: bool = True, **env: str) -> subprocess.CompletedProcess:
     """Run lm_eval in a subprocess, offline; on unexpected failure show its output."""
     with tempfile.TemporaryDirectory() as cache:  # a fresh instruction cache unless the test gives one

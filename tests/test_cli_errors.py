@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import OFFLINE, run_lm_eval
+from conftest import OFFLINE, hf_on_cpu, run_lm_eval
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
@@ -60,12 +60,7 @@ def test_model_load_failure_is_one_line_with_its_exit_code(tmp_path):
     (tmp_path / "empty").mkdir()  # a folder that holds no model
     proc = run_lm_eval(
         [
-            "--model",
-            "hf",
-            "--model_args",
-            f"pretrained={tmp_path / 'empty'}",
-            "--device",
-            "cpu",
+            *hf_on_cpu(tmp_path / "empty"),
             "--tasks",
             "planted_first",
             "--optimize",

@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED_DATA, needs_shared_data, run_lm_eval
+from conftest import REPO, SHARED_DATA, hf_on_cpu, needs_shared_data, run_lm_eval
 
 
 FOLIO_TASK_DIR = REPO / "task_configs" / "folio"
@@ -183,12 +183,7 @@ def test_lm_eval_cli_end_to_end(tiny_model: Path, tmp_path: Path):
     out_dir = tmp_path / "out"
     run_lm_eval(
         [
-            "--model",
-            "hf",
-            "--model_args",
-            f"pretrained={tiny_model}",
-            "--device",
-            "cpu",
+            *hf_on_cpu(tiny_model),
             "--include_path",
             str(FOLIO_TASK_DIR),
             "--tasks",

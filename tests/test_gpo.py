@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import OFFLINE, lm_eval_command, load_results, needs_shared_data, run_lm_eval
+from conftest import OFFLINE, hf_on_cpu, lm_eval_command, load_results, needs_shared_data, run_lm_eval
 from scripted_server import ScriptedServer, current_and_budget, edit_toward
 
 from lm_eval_promptopt.errors import PromptOptError
@@ -796,12 +796,7 @@ def e2e(local_tasks: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFa
         )
         runs["self"] = Background(
             [
-                "--model",
-                "hf",
-                "--model_args",
-                f"pretrained={tiny_model}",
-                "--device",
-                "cpu",
+                *hf_on_cpu(tiny_model),
                 "--tasks",
                 f"{BBH},{MMLU}",
                 *common,

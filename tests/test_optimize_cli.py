@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, load_results, needs_shared_data, run_lm_eval, squeezed
+from conftest import SHARED_DATA, hf_on_cpu, load_results, needs_shared_data, run_lm_eval, squeezed
 
 
 pytestmark = needs_shared_data
@@ -170,12 +170,7 @@ def test_folio_found_automatically_via_companion_command(tiny_model: Path, tmp_p
     run_lm_eval(
         [
             "run",
-            "--model",
-            "hf",
-            "--model_args",
-            f"pretrained={tiny_model}",
-            "--device",
-            "cpu",
+            *hf_on_cpu(tiny_model),
             "--tasks",
             "folio",
             "--apply_chat_template",
@@ -213,12 +208,7 @@ def test_real_model_through_the_lm_eval_console_script(tiny_model: Path, local_t
     tasks = ["bbh_cot_zeroshot_boolean_expressions", "mmlu_anatomy", "gsm8k_cot_zeroshot"]
     proc = run_lm_eval(
         [
-            "--model",
-            "hf",
-            "--model_args",
-            f"pretrained={tiny_model}",
-            "--device",
-            "cpu",
+            *hf_on_cpu(tiny_model),
             "--include_path",
             str(local_tasks),
             "--tasks",

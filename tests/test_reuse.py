@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import evaluate_in_process, load_results, needs_shared_data, run_lm_eval
+from conftest import evaluate_in_process, hf_on_cpu, load_results, needs_shared_data, run_lm_eval
 
 from lm_eval_promptopt.errors import PromptOptError
 
@@ -68,12 +68,7 @@ def test_optimized_prompts_transfer_to_another_model(
     out = tmp_path / "transfer"
     proc = run_lm_eval(
         [
-            "--model",
-            "hf",
-            "--model_args",
-            f"pretrained={tiny_model}",
-            "--device",
-            "cpu",
+            *hf_on_cpu(tiny_model),
             "--include_path",
             str(local_tasks),
             "--tasks",

@@ -234,6 +234,24 @@ def _leaf_tasks(name: str, index: dict) -> list[str]:
     return leaves
 
 
+def bench_model(model: str | Path, data_dir: str | Path) -> Path:
+    """The GReaTer benches' tiny Llama-3-shaped model (byte-level BPE, hidden 256, 4 layers) at
+    `model`, built there once (scripts/bench_greater.py, scripts/bench_decode.py)."""
+    model = Path(model)
+    if not (model / "config.json").is_file():
+        build_tiny_model(
+            model,
+            seed=0,
+            data_dir=data_dir,
+            tokenizer="llama3",
+            hidden_size=256,
+            intermediate_size=512,
+            layers=4,
+            heads=4,
+        )
+    return model
+
+
 def write_local_task_overrides(dest_dir: str | Path, data_dir: str | Path, names: tuple[str, ...] = OVERRIDDEN) -> Path:
     """Write ``<task>.yaml`` overrides pointing lm-eval's BBH/MMLU/GSM8k tasks at local files.
 
