@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,18 @@ def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in its own tmp_path: an `lm_eval` run without --output_path writes its
     run folder (./lm_eval_promptopt_runs) there, never into the checkout."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels_restored() -> Iterator[None]:
+    """Each test leaves lm-eval's and our loggers at the levels it found: lm-eval's
+    `simple_evaluate(verbosity=...)` sets the `lm_eval` logger's level for the whole process, and
+    our loggers follow that level, so a level left behind would hide the next test's lines."""
+    loggers = [logging.getLogger(name) for name in ("lm_eval", "lm_eval_promptopt")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import logging
 import math
 import os
 import random
@@ -51,6 +52,7 @@ from filelock import FileLock
 
 from benchmarks.tiny_llama import CHAT_TEMPLATE, init_llama
 from lm_eval_promptopt.harness.prompting import Placement
+from lm_eval_promptopt.harness.setup import quiet
 from lm_eval_promptopt.run.instruction_cache import cache_root
 
 
@@ -493,23 +495,23 @@ def check(
     tm = TaskManager(include_path=str(TASK_DIR))
     tasks = [f"planted_{op}" for op in OPS]
     result = CheckResult()
-    for chat in chat_template:
-        fmt = "chat" if chat else "plain"
-        for instruction in instructions if instructions is not None else check_instructions():
-            system = Placement(chat_template=chat).system_text(instruction)
-            out = evaluator.simple_evaluate(
-                model=lm,
-                tasks=tasks,
-                system_instruction=system,
-                apply_chat_template=chat,
-                task_manager=tm,
-                limit=limit,
-                bootstrap_iters=0,
-                log_samples=False,
-                verbosity="ERROR",
-            )
-            for op, task in zip(OPS, tasks):
-                result.scores[(fmt, instruction, op)] = float(out["results"][task][METRIC])
+    with quiet("lm_eval", logging.ERROR):  # not `verbosity=`: lm-eval would keep that level for the process
+        for chat in chat_template:
+            fmt = "chat" if chat else "plain"
+            for instruction in instructions if instructions is not None else check_instructions():
+                system = Placement(chat_template=chat).system_text(instruction)
+                out = evaluator.simple_evaluate(
+                    model=lm,
+                    tasks=tasks,
+                    system_instruction=system,
+                    apply_chat_template=chat,
+                    task_manager=tm,
+                    limit=limit,
+                    bootstrap_iters=0,
+                    log_samples=False,
+                )
+                for op, task in zip(OPS, tasks):
+                    result.scores[(fmt, instruction, op)] = float(out["results"][task][METRIC])
     if verbose:
         print(result.table())
     return result
