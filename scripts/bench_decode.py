@@ -4,11 +4,12 @@ machine's own matmul throughput at the same shapes, in CPU seconds (robust to a 
 Greedy reasoning for `--rows` random contexts (seeded; lengths spread +-10 % around `--context`),
 `--new` tokens each (no stop sequences; EOS ends a row), in GReaTer's batches (`Engine.generate`:
 longest first, as many rows as `batching.rows_that_fit` allows). Per round, alternately: the
-decoder, `generate`, and the model's weight matrices applied to as many rows as the prefill
+decoder, the decoder with its decode steps compiled (`compile=true`; round 1 includes the
+compiling), `generate`, and the model's weight matrices applied to as many rows as the prefill
 (a batch's tokens) and a decode step (its rows) have. Prints per round the FLOPs counted
 (`optimizers/greater/flops.py`), process CPU seconds (wall in brackets), achieved GFLOP/s, the
 matmul GFLOP/s at those shapes (FLOP-weighted over prefill and decode) and the share, and
-whether the decoder's tokens equal `generate`'s.
+whether the tokens equal the uncompiled decoder's.
 
     python scripts/bench_decode.py [MODEL_DIR] --threads 1
 """
@@ -72,8 +73,8 @@ def main() -> None:
     rates: dict[int, float] = {}
     for round_ in range(1, args.rounds + 1):
         results = {}
-        for path in ("decoder", "generate"):
-            engine = Engine(lm, GreaterConfig(), [], args.new)
+        for path in ("decoder", "compiled", "generate"):
+            engine = Engine(lm, GreaterConfig(compile=path == "compiled"), [], args.new)
             engine.fallback = None if path == "decoder" else "bench: generate, for comparison"
             out, cpu, wall = timed(lambda: engine.generate(contexts))
             batch = engine.rows["generate"]

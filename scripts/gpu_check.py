@@ -8,8 +8,8 @@ code, wall time, peak memory (CUDA: torch's max allocated; CPU: peak RSS), GReaT
 step and every counter the run recorded. Exits 1 if any run failed. `--device cpu` runs the
 same commands on CPU (a dry mode that checks everything but CUDA). The `greater_step` run builds
 a random bfloat16 model of Llama-3-8B's shape on the GPU and times one step at the paper's sizes
-(50 train docs, up to 1024 reasoning tokens), its generation by the greedy decoder and by
-`generate` (the dry mode: a 3.0 M-parameter model, 8 docs, 32 tokens).
+(50 train docs, up to 1024 reasoning tokens), its generation by the greedy decoder, by
+`generate` and by the decoder with compiled decode steps (the dry mode: a 3.0 M-parameter model, 8 docs, 32 tokens).
 
     bash scripts/gpu_check.sh [--device cpu]
 """

@@ -3,7 +3,7 @@
 # (parallelize=True where more than one GPU is visible) through `lm_eval --optimize greater`,
 # `--optimize gpo` with optimizer_model=self, and `--optimize candidates`; then one GReaTer step
 # on a random Llama-3-8B-shaped bfloat16 model at the paper's sizes, its generation timed with the
-# greedy decoder and with `generate` (scripts/greater_step_check.py). Prints peak GPU memory,
+# greedy decoder, with `generate` and with compiled decode steps (scripts/greater_step_check.py). Prints peak GPU memory,
 # seconds per GReaTer step and the counters; exits non-zero on any failure.
 #
 #   bash scripts/gpu_check.sh                 # on the GPU(s)

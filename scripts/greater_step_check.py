@@ -7,7 +7,8 @@ made on the device; the tokenizer is the test bed's Llama-3-style one (its ids a
 vocabulary). The task is the planted `planted_largest` (data in the repository), 50 train docs,
 up to 1024 reasoning tokens (a random model rarely stops early). Prints the step's seconds and
 phase split (greedy decoder), then the step's first generation (the 50 docs' reasoning) timed
-with the decoder and with `generate`, and whether their tokens agree. `--device cpu` is the dry
+with the decoder and with `generate`, and whether their tokens agree; last, the same generation
+with the decode steps compiled (`compile=true`), with and without the compiling. `--device cpu` is the dry
 mode: the same code on a 3.0 M-parameter model of the same shape family (256 hidden, 4 layers), 8 docs, 32 tokens.
 
     python scripts/greater_step_check.py [--device cpu]
@@ -135,6 +136,12 @@ def main() -> None:
     made = sum(len(r) for r in fast)
     print(f"greater_step: generation of {len(contexts)} reasonings ({made} tokens kept): greedy decoder {fast_s:.1f} s, generate {slow_s:.1f} s "
           f"({slow_s / fast_s:.2f}x); same tokens: {fast == slow}")  # fmt: skip
+    from lm_eval_promptopt.optimizers.greater.decode import DecodeStep
+
+    engine.fallback, engine.step = None, DecodeStep(model, compile=True)
+    (compiled, first_s), (_, again_s) = (timed(args.device, lambda: engine.generate(contexts)) for _ in range(2))
+    print(f"greater_step: the same generation with compiled decode steps ({engine.decoder()}): {first_s:.1f} s with "
+          f"compiling, then {again_s:.1f} s ({fast_s / again_s:.2f}x the uncompiled decoder); same tokens: {compiled == fast}")  # fmt: skip
     if device_peak := (torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None):
         print(f"greater_step: peak CUDA memory {device_peak:.1f} GiB")
 

@@ -193,6 +193,7 @@ def test_one_batched_backward_per_step(lm, tasks):
     result = run_greater(lm, tasks[TASK], steps=2)
     steps = [s for s in result.details["steps"] if "step" in s]
     assert [s["counters"]["backward_passes"] for s in steps] == [1, 1]
+    assert result.details["decoder"] == "greedy, decode steps eager"
 
 
 def test_same_seed_same_result_and_tasks_are_independent(lm, tasks):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ import transformers
 from conftest import SHARED_DATA, needs_shared_data
 from lm_eval.models.huggingface import HFLM
 from support.testbed import build_tiny_model
+from torch._dynamo.utils import counters
 from transformers import AutoTokenizer
 
 from lm_eval_promptopt.optimizers.greater import GreaterConfig
@@ -143,3 +148,80 @@ def test_the_kv_cache_goes_under_the_keyword_the_installed_transformers_takes():
         def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
 
     assert (cache_keyword(Renamed()), cache_keyword(Before())) == ("cache", "past_key_values")
+
+
+@pytest.mark.parametrize("family", ["llama3", "gemma2_rolling"])
+def test_compiled_decode_steps_give_generates_token_ids(family: str, tmp_path: Path):
+    lm = HFLM(pretrained=str(build(family, tmp_path)), device="cpu", batch_size=1)
+    ctx = contexts(lm)
+    free = engine(lm, [], 12).generate(ctx)
+    until = [lm.tok_decode(free[r][k : k + 2]) for r, k in [(0, 2), (3, 5), (6, 8)] if len(free[r]) > k + 1]
+    fast = Engine(lm, GreaterConfig(compile=True), until, 12)
+    slow = engine(lm, until, 12)
+    slow.fallback = "the reference"
+    traced = counters["stats"]["calls_captured"]
+    got, want = fast.generate(ctx), slow.generate(ctx)
+    assert fast.decoder() == "greedy, decode steps compiled"
+    assert counters["stats"]["calls_captured"] > traced  # dynamo traced the decode step
+    assert got == want
+    assert len({len(r) for r in got}) > 2  # rows left the batch at different steps: shapes changed
+
+
+NO_COMPILER = """
+import json, sys
+from lm_eval.models.huggingface import HFLM
+from lm_eval_promptopt.optimizers.greater import GreaterConfig
+from lm_eval_promptopt.optimizers.greater.engine import Engine
+from test_greater_decode import contexts, engine
+lm = HFLM(pretrained=sys.argv[1], device="cpu", batch_size=1)
+want = engine(lm, [], 12).generate(contexts(lm))
+first = Engine(lm, GreaterConfig(compile=True), [], 12)
+got = first.generate(contexts(lm))
+again = Engine(lm, GreaterConfig(compile=True), [], 12)
+print(json.dumps([got == want, again.generate(contexts(lm)) == want, first.decoder(), again.decoder()]))
+"""
+
+
+def test_a_decode_step_that_cannot_compile_runs_eager_with_one_line(tmp_path: Path):
+    """On a machine without the C++ compiler inductor needs, decoding goes on uncompiled, with the
+    same tokens and one logged line (a fresh process and inductor cache: nothing compiled before)."""
+    path = build("llama3", tmp_path)
+    env = os.environ | {"CXX": "no-such-compiler", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run(
+        [sys.executable, "-c", NO_COMPILER, str(path)],
+        cwd=Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_first, same_again, first, again = json.loads(done.stdout.strip().splitlines()[-1])
+    assert same_first and same_again
+    assert first.startswith("greedy, decode steps eager (compile failed: ") and again == first
+    lines = [line for line in done.stderr.splitlines() if "torch.compile" in line]
+    assert len(lines) == 1
+    assert lines[0].startswith("GReaTer decodes without torch.compile: compiling the decode step failed (")
+
+
+def test_a_compile_failure_after_part_of_the_step_ran_decodes_the_batch_again(tmp_path: Path, caplog):
+    """A compiled step can fail at a graph compiled after an earlier part of the step ran (dynamo
+    compiles per graph, and anew for new shapes), when the cache has taken its writes (a rolled
+    sliding window cannot be put back): the batch is decoded again, uncompiled."""
+    lm = HFLM(pretrained=str(build("gemma2_rolling", tmp_path)), device="cpu", batch_size=1)
+    ctx = contexts(lm)
+    want = engine(lm, [], 12).generate(ctx)
+    calls = []
+
+    def runs_then_fails(**inputs):  # a stand-in for a compiled forward whose later graph fails to compile
+        calls.append(lm.model(**inputs))
+        raise RuntimeError("inductor: a later graph failed\nmore detail")
+
+    broken = engine(lm, [], 12)
+    broken.step.compiled = runs_then_fails
+    with caplog.at_level(logging.WARNING):
+        assert broken.generate(ctx) == want
+    assert len(calls) == 1
+    assert (
+        broken.decoder() == "greedy, decode steps eager (compile failed: RuntimeError: inductor: a later graph failed)"
+    )

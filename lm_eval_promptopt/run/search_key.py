@@ -38,7 +38,7 @@ IN_KEY: dict[str, str] = {
     "CandidatesConfig.file": "optimizer_inputs",
     "CandidatesConfig.candidates": "optimizer_inputs",
     # GReaTer
-    **{f"GreaterConfig.{name}": CONFIG for name in ("steps", "topk", "topq", "max_reasoning_tokens", "extractor", "proposal", "batch_size", "harness_train")},
+    **{f"GreaterConfig.{name}": CONFIG for name in ("steps", "topk", "topq", "max_reasoning_tokens", "extractor", "proposal", "batch_size", "harness_train", "compile")},
     # GPO
     **{
         f"GPOConfig.{name}": CONFIG

@@ -98,6 +98,7 @@ class Greater(Optimizer):
                 "best_dev_score": best_dev,
                 "steps": history,
                 "diagnosis": diagnose(problem.task_name, history, self.config.extractor),
+                "decoder": search.engine.decoder(),
                 "counters": dict(search.engine.counters),
                 "peak_memory_mb": peak_memory_mb(search.lm.device),
                 "batch_memory_mb": round(search.engine.budget / 2**20),

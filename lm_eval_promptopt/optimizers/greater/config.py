@@ -42,6 +42,12 @@ class GreaterConfig:
     """Cap on the sequences per forward/backward/generation batch; None: lm-eval's integer
     `--batch_size` where it is above 1, else none. Batches are sized to memory below it."""
 
+    compile: bool = False
+    """Run the greedy decoder's one-token steps through `torch.compile` (dynamic shapes, compiled
+    once per process; uncompiled, with one logged line, where compiling fails). Off: on CPU it
+    gave the same tokens and no measured gain (`scripts/bench_decode.py`); it is there for GPUs,
+    where a decode step's kernel launches, not its FLOPs, can be the cost (`scripts/gpu_check.sh`)."""
+
     def __post_init__(self) -> None:
         for name in ("steps", "topk", "topq", "max_reasoning_tokens", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:

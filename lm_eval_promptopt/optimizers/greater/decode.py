@@ -8,17 +8,26 @@ stopping criteria decoding every row at every step, and rows that have ended. A 
 end token or when the text of its last tokens holds a stop sequence (lm-eval's `generate_until`
 check); ended rows leave the batch at once (their KV kept aside), so no compute goes to them.
 Models whose generation config would change greedy tokens (processors) are not decoded here:
-`unsupported` names the reason and the caller falls back to `generate`.
+`unsupported` names the reason and the caller falls back to `generate`. With `compile`, the
+one-token decode steps run through `torch.compile` (dynamic shapes; compiled once per model and
+process), falling back to the plain forward with one logged line where compiling fails (the
+batch is then decoded again).
 """
 
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from transformers import GenerationConfig, StaticCache
+
+from ...logs import get_logger
+
+
+log = get_logger(__name__)
 
 
 # generation-config fields that add logits processors or otherwise change greedy tokens
@@ -45,6 +54,54 @@ def unsupported(model: Any) -> str | None:
     config, default = model.generation_config, GenerationConfig()
     changed = [f for f in _PROCESSORS if getattr(config, f, None) != getattr(default, f, None)]
     return f"its generation config sets {', '.join(changed)}" if changed else None
+
+
+class CompileFailed(Exception):
+    """Compiling a decode step failed, perhaps after part of it ran (the batch's cache is spoilt:
+    a sliding-window layer rolls its keys at each write): decode the batch again, uncompiled."""
+
+
+class DecodeStep:
+    """The forward of the one-token decode steps: `model` itself, or (`compile`) its forward
+    compiled by `torch.compile` with dynamic shapes, once per model and process. Compiling happens
+    at a call (the first, and any with new shapes); where it fails (no C++ compiler for inductor's
+    CPU code, an operation dynamo cannot trace), the step falls back to `model` for good, with one
+    logged line, and raises `CompileFailed` for the batch to be decoded again; `failure` says why."""
+
+    def __init__(self, model: Any, compile: bool) -> None:
+        self.model = model
+        self.compiled = _compiled(model) if compile else None
+        self.failure: str | None = _FAILED.get(model) if compile else None
+
+    def __call__(self, **inputs: Any) -> Any:
+        if self.compiled is None:
+            return self.model(**inputs)
+        try:
+            return self.compiled(**inputs)
+        except Exception as error:
+            self.compiled, self.failure = None, f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+            _FAILED[self.model] = self.failure
+            log.warning("GReaTer decodes without torch.compile: compiling the decode step failed (%s)", self.failure)
+            raise CompileFailed(self.failure) from error
+
+    def describe(self) -> str:
+        """How the decode steps run: `compiled`, `eager`, or `eager (compile failed: why)`."""
+        if self.failure:
+            return f"eager (compile failed: {self.failure})"
+        return "compiled" if self.compiled is not None else "eager"
+
+
+_COMPILED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_FAILED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _compiled(model: Any) -> Any:
+    """`model.forward` compiled with dynamic shapes, made once per model (None once it failed)."""
+    if model in _FAILED:
+        return None
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model.forward, dynamic=True)
+    return _COMPILED[model]
 
 
 def _select_rows(config: Any, room: int, cache: StaticCache, rows: torch.Tensor) -> StaticCache:
@@ -75,13 +132,22 @@ def _copy_length(mine: Any, theirs: Any) -> None:
 
 @torch.no_grad()
 def greedy(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, max_new: int, room: int, ended: Callable[[list[int]], bool]
+    model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    max_new: int,
+    room: int,
+    ended: Callable[[list[int]], bool],
+    step: Callable[..., Any] | None = None,
 ) -> tuple[list[list[int]], StaticCache, int]:
     """Greedy continuations of the left-padded batch `ids` (`mask` its attention mask), at most
-    `max_new` tokens each, on a static cache of `room` positions. `ended(tokens)` says whether a
+    `max_new` tokens each, on a static cache of `room` positions; `step` runs the one-token
+    forwards (default: `model`; a `DecodeStep` to compile them, which raises `CompileFailed`
+    where compiling fails: decode the batch again). `ended(tokens)` says whether a
     row's tokens so far end it (its last token included and returned). Returns each row's
     tokens, a cache holding every row's KV up to its end, and the tokens fed after the prompt
     (the cache's length is the prompt's width plus these)."""
+    step = step or model
     batch, width = ids.shape
     cache = StaticCache(config=model.config, max_cache_len=room)
     full_mask = torch.cat([mask, mask.new_ones((batch, max_new))], dim=1)
@@ -113,7 +179,7 @@ def greedy(
             work = _select_rows(model.config, room, full, rows)
         position = position + 1
         fed += 1
-        logits = model(
+        logits = step(
             input_ids=token[:, None],
             attention_mask=full_mask[rows, : width + fed],
             position_ids=position,

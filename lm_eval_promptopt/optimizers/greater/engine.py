@@ -28,7 +28,7 @@ from ...errors import PromptOptError
 from ...logs import get_logger
 from .batching import memory_budget, padded, rows_that_fit
 from .config import GreaterConfig
-from .decode import cache_keyword, greedy, unsupported
+from .decode import CompileFailed, DecodeStep, cache_keyword, greedy, unsupported
 from .flops import Shape
 
 
@@ -93,6 +93,8 @@ class Engine:
         self.new_tokens = 0
         self.fallback = unsupported(self.model)
         """Why generation falls back to Hugging Face `generate` (None: `decode.greedy` runs)."""
+        self.step = DecodeStep(self.model, config.compile)
+        """The decode steps' forward (compiled with `compile`)."""
         self.cache_key = cache_keyword(self.model)
         if self.fallback:
             log.warning(
@@ -153,6 +155,12 @@ class Engine:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    def decoder(self) -> str:
+        """How the reasoning was generated, for the run's record."""
+        if self.fallback:
+            return f"generate ({self.fallback})"
+        return f"greedy, decode steps {self.step.describe()}"
+
     # -- generation ------------------------------------------------------------------------
     def _trim(self, ids: list[int]) -> list[int]:
         """Cut at end-of-sequence and before the token that completes the first stop sequence, as
@@ -190,7 +198,10 @@ class Engine:
         """Greedy tokens per row (`decode.greedy`, or `generate` where it cannot run), the cache
         holding their KV, and the tokens fed after the prompt."""
         if self.fallback is None:
-            return greedy(self.model, ids, mask, self.max_new, room, self._ended)
+            try:
+                return greedy(self.model, ids, mask, self.max_new, room, self._ended, self.step)
+            except CompileFailed:  # the batch again: `self.step` runs uncompiled from now on
+                return greedy(self.model, ids, mask, self.max_new, room, self._ended, self.step)
         width = ids.shape[1]
         result = self.model.generate(
             input_ids=ids,
