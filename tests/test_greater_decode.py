@@ -74,6 +74,11 @@ def contexts(lm: HFLM) -> list[list[int]]:
     return [lm.tok_encode(t) for t in texts]
 
 
+def stops(lm: HFLM, free: list[list[int]]) -> list[str]:
+    """Stop sequences taken from three rows' own reasoning, so that rows end at different lengths."""
+    return [lm.tok_decode(free[r][k : k + 2]) for r, k in [(0, 2), (3, 5), (6, 8)] if len(free[r]) > k + 1]
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_greedy_decoder_gives_generates_token_ids(family: str, tmp_path: Path):
     lm = HFLM(pretrained=str(build(family, tmp_path)), device="cpu", batch_size=1)
@@ -82,8 +87,7 @@ def test_greedy_decoder_gives_generates_token_ids(family: str, tmp_path: Path):
     assert fast.fallback is None
     free = fast.generate(ctx)
     assert len({tuple(r) for r in free}) > 1
-    # stops taken from three rows' own reasoning, so rows end at different lengths
-    until = [lm.tok_decode(free[r][k : k + 2]) for r, k in [(0, 2), (3, 5), (6, 8)] if len(free[r]) > k + 1]
+    until = stops(lm, free)
     fast, slow = engine(lm, until, 12), engine(lm, until, 12)
     slow.fallback = "the reference"
     tails = [lm.tok_encode(" So the answer is")] * len(ctx)
@@ -155,7 +159,7 @@ def test_compiled_decode_steps_give_generates_token_ids(family: str, tmp_path: P
     lm = HFLM(pretrained=str(build(family, tmp_path)), device="cpu", batch_size=1)
     ctx = contexts(lm)
     free = engine(lm, [], 12).generate(ctx)
-    until = [lm.tok_decode(free[r][k : k + 2]) for r, k in [(0, 2), (3, 5), (6, 8)] if len(free[r]) > k + 1]
+    until = stops(lm, free)
     fast = Engine(lm, GreaterConfig(compile=True), until, 12)
     slow = engine(lm, until, 12)
     slow.fallback = "the reference"

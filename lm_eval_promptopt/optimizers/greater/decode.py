@@ -70,8 +70,8 @@ class DecodeStep:
 
     def __init__(self, model: Any, compile: bool) -> None:
         self.model = model
-        self.compiled = _compiled(model) if compile else None
         self.failure: str | None = _FAILED.get(model) if compile else None
+        self.compiled = _compiled(model) if compile and not self.failure else None
 
     def __call__(self, **inputs: Any) -> Any:
         if self.compiled is None:
@@ -96,9 +96,7 @@ _FAILED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def _compiled(model: Any) -> Any:
-    """`model.forward` compiled with dynamic shapes, made once per model (None once it failed)."""
-    if model in _FAILED:
-        return None
+    """`model.forward` compiled with dynamic shapes, made once per model."""
     if model not in _COMPILED:
         _COMPILED[model] = torch.compile(model.forward, dynamic=True)
     return _COMPILED[model]
