@@ -12,7 +12,9 @@ Then, per phase, the FLOPs the run counted (`optimizers/greater/flops.py`), the 
 and the machine's own matmul FLOP/s measured in this run at the same shapes: every weight matrix
 of the model applied to as many rows as the phase's matmuls have (generation: a batch's prompt
 tokens for the prefill, its rows for each decoded token; the other phases: tokens per forward),
-weighted by the phase's FLOPs at each shape; the last column is the achieved share of it.
+weighted by the phase's FLOPs at each shape; the last column is the achieved share of it. Last,
+the machine's best matmul FLOP/s (large square products) and the seconds the last step's FLOPs
+would take at that speed: no implementation of the same work runs a step faster.
 
     python scripts/bench_greater.py --threads 1 --apply-chat-template
 """
@@ -107,6 +109,24 @@ def matmul_rate(model, rows: int, threads: int, process_time: bool = False) -> f
     return flops / (clock() - started)
 
 
+def peak_rate(threads: int) -> float:
+    """This machine's best float32 matmul FLOP/s on `threads` threads: square products of 2048
+    and 4096, each timed for at least half a second (wall)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    gen, best = torch.Generator().manual_seed(0), 0.0
+    for n in (2048, 4096):
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        a @ b
+        started, runs = time.perf_counter(), 0
+        while runs < 2 or time.perf_counter() - started < 0.5:
+            a @ b
+            runs += 1
+        best = max(best, 2 * n**3 * runs / (time.perf_counter() - started))
+    return best
+
+
 def phase_rows(step: dict) -> dict[str, list[tuple[int, float]]]:
     """Per phase: (rows of its matmuls, share of its FLOPs at that shape)."""
     shapes, rows, counters = step["regeneration_shapes"], step.get("batch_rows", {}), step["counters"]
@@ -145,6 +165,12 @@ def flops_table(model_dir: Path, steps: list[dict], threads: int) -> None:
             print(
                 f"| {s['step']} | {phase} | {flops / 1e9:.1f} | {seconds:.2f} | {achieved / 1e9:.1f} | {machine / 1e9:.1f} ({where}) | {achieved / machine:.0%} |"
             )
+    peak, last = peak_rate(threads), steps[-1]
+    total = sum(v for k, v in last["counters"].items() if k.startswith("flops_"))
+    print(
+        f"machine's best matmul (float32, 2048 and 4096 square, {threads} thread(s)): {peak / 1e9:.1f} GFLOP/s; "
+        f"step {last['step']}'s {total / 1e9:.1f} GFLOP at that speed: at least {total / peak:.2f} s"
+    )
 
 
 def main() -> None:
