@@ -1,6 +1,7 @@
 """Benchmark GReaTer's search: where each step's time goes, and how far it is from the hardware's floor.
 
-Runs the real `lm_eval --optimize greater` (CPU, `--threads` torch threads) on a model folder, or on
+Runs the real `lm_eval --optimize greater` (CPU, `--threads` torch threads; `refresh=true`: a fresh
+search every run, never the cached one) on a model folder, or on
 the Llama-3-shaped tiny random model it builds (4.46 M parameters: 256 hidden, 4 layers, 4 heads,
 512 intermediate, byte-level BPE of 3.6k tokens with Llama-3's special tokens and chat template),
 then prints per step: seconds split into generation / forwards / backwards / proposal / other, the
@@ -196,7 +197,7 @@ def main() -> None:
     bench_model(model, args.data)
     tasks = write_local_task_overrides(out / "tasks", args.data, names=(args.task,))
     results_dir = out / f"results_{int(time.time())}"
-    settings = f"steps={args.steps},train_size={args.train},dev_size=10,max_reasoning_tokens={args.reasoning},topk={args.topk},topq={args.topq},seed={args.seed}"
+    settings = f"steps={args.steps},train_size={args.train},dev_size=10,max_reasoning_tokens={args.reasoning},topk={args.topk},topq={args.topq},seed={args.seed},refresh=true"
     command = [
         str(Path(sys.executable).with_name("lm_eval")),
         "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu",
